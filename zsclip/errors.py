@@ -1,0 +1,27 @@
+"""Exceptions zsclip raises for bad input.
+
+Every error says what was wrong, where (file, field, option) and what to do about it. The CLI prints
+the message of a ``ZsclipError`` without a stack trace; anything else is a bug and keeps its trace.
+"""
+
+from __future__ import annotations
+
+
+class ZsclipError(Exception):
+    """Base class of the errors a user can act on."""
+
+
+class WeightsNotFoundError(ZsclipError):
+    """Model weights are not on this machine and cannot be downloaded."""
+
+
+class StoreMismatchError(ZsclipError):
+    """An embedding store was made by another model, preprocessing or dataset."""
+
+
+class DatasetError(ZsclipError):
+    """A dataset folder, split or annotation file is missing or malformed."""
+
+
+class DescriptorFileError(ZsclipError):
+    """A descriptor / prompt file cannot be read or does not match the dataset's classes."""
