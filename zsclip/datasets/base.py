@@ -39,6 +39,8 @@ class Dataset(abc.ABC):
     classnames: list[str]
     root: Path | None = None
     splits: tuple[str, ...] = ()
+    #: the split ``classify`` evaluates on when none is given
+    default_split: str = "test"
     card: dict[str, Any] = {}
 
     def __init__(self) -> None:
