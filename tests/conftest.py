@@ -1,0 +1,78 @@
+"""Shared test fixtures: an isolated cache root and a tiny random open_clip model saved three ways.
+
+No network and no real weights: the tiny architecture is registered with open_clip at test time, given
+random weights once per session, and saved as a checkpoint file, a ``local-dir:`` folder and a Hugging
+Face cache entry, so every loading path of ``zsclip.models`` runs for real.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+TINY = "zsclip-tiny-test"
+TINY_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own ZSCLIP_HOME and an offline, empty Hugging Face cache."""
+    home = tmp_path_factory.mktemp("zsclip-home")
+    monkeypatch.setenv("ZSCLIP_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf-empty"))
+    monkeypatch.setenv("ZSCLIP_PROGRESS", "0")
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model's checkpoint file, local-dir folder and HF cache root (with repo ``zsclip/tiny``)."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    cfg_dir = root / "configs"
+    cfg_dir.mkdir()
+    (cfg_dir / f"{TINY}.json").write_text(json.dumps(TINY_CFG))
+    open_clip.add_model_config(cfg_dir)
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    ckpt = root / "tiny.safetensors"
+    save_file(state, str(ckpt))
+
+    local = root / "local"
+    local.mkdir()
+    config = {"model_cfg": TINY_CFG, "preprocess_cfg": {"image_size": 32, "mean": [0.5, 0.5, 0.5],
+                                                        "std": [0.5, 0.5, 0.5]}}
+    (local / "open_clip_config.json").write_text(json.dumps(config))
+    save_file(state, str(local / "open_clip_model.safetensors"))
+
+    hf = root / "hf"
+    snap = hf / "models--zsclip--tiny" / "snapshots" / "0123456789abcdef"
+    snap.mkdir(parents=True)
+    (snap / "open_clip_config.json").write_text(json.dumps(config))
+    save_file(state, str(snap / "open_clip_model.safetensors"))
+    refs = hf / "models--zsclip--tiny" / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("0123456789abcdef")
+    return {"name": TINY, "checkpoint": ckpt, "local_dir": local, "hf_cache": hf}
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_model: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """The tiny model loaded once per session from its checkpoint file."""
+    import os
+
+    from zsclip.models import load_model
+
+    os.environ.setdefault("ZSCLIP_HOME", str(tmp_path_factory.mktemp("session-home")))
+    return load_model(TINY, str(tiny_model["checkpoint"]), device="cpu")

@@ -1,0 +1,314 @@
+"""The ``zsclip`` command line: parse options, call the library, print results.
+
+Errors a user can fix (``ZsclipError``) are printed as one message with exit code 2, without a trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ZsclipError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Zero-shot image classification with CLIP-family models.")
+datasets_app = typer.Typer(no_args_is_help=True, help="List and download datasets.")
+models_app = typer.Typer(no_args_is_help=True, help="List and download model weights.")
+store_app = typer.Typer(no_args_is_help=True, help="Inspect image stores.")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
+app.add_typer(store_app, name="store")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class Aggregation(str, Enum):
+    mean = "mean"
+    max = "max"
+    sum = "sum"
+
+
+# -- shared options ---------------------------------------------------------------------------------------
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Registered dataset name (`zsclip datasets list`).")]
+RootOpt = Annotated[Path | None, typer.Option("--dataset-root", help="Folder holding the dataset.")]
+SplitOpt = Annotated[str | None, typer.Option("--split", help="Split to use (default: the dataset's test split).")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="open_clip architecture, local-dir:FOLDER, hf-hub:ORG/NAME or toyworld "
+    "(default: the dataset card's model, else ViT-B-32).")]
+PretrainedOpt = Annotated[str | None, typer.Option(
+    "--pretrained", help="Weights tag or checkpoint file for an open_clip architecture (default: openai).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16 (autocast on CUDA).")]
+StoreOpt = Annotated[Path | None, typer.Option(
+    "--store", help="Image store folder (default: under the cache root, $ZSCLIP_HOME).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="Threads decoding images.")]
+
+
+def _run(fn: Any) -> Any:
+    """Call ``fn`` and turn a ``ZsclipError`` into a one-line message and exit code 2."""
+    try:
+        return fn()
+    except ZsclipError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _method_options(method: str, templates: str | None, descriptors: str | None, aggregation: Aggregation | None,
+                    before: str | None, after: str | None, published_quirk: bool,
+                    attribute_threshold: float | None) -> dict[str, Any]:
+    if method == "classnames":
+        return {"templates": templates}
+    if method == "descriptions":
+        return {"descriptors": descriptors, "aggregation": aggregation.value if aggregation else None,
+                "before": before, "after": after, "published_quirk": published_quirk or None,
+                "attribute_threshold": attribute_threshold}
+    return {}
+
+
+def _print_metrics(record: dict[str, Any]) -> None:
+    m = record["metrics"]
+    table = Table(title=f"{record['dataset']}/{record['split']} · {record['method']} · {record['model']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("top1", "top5", "mean_per_class_recall"):
+        if key in m:
+            table.add_row(key, f"{m[key]:.2f}")
+    table.add_row("images", str(m["num_images"]))
+    table.add_row("classes", str(m["num_classes"]))
+    out.print(table)
+    c = record["counts"]
+    out.print(f"encoded this run: {c['images_encoded']} images, {c['texts_encoded']} texts · "
+              f"unreadable images skipped: {c['images_skipped']} · texts truncated: {c['texts_truncated']}",
+              highlight=False)
+
+
+@app.command()
+def classify(
+    dataset: DatasetOpt,
+    method: Annotated[str, typer.Option("--method", "-m", help="classnames or descriptions.")] = "classnames",
+    dataset_root: RootOpt = None,
+    split: SplitOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    templates: Annotated[str | None, typer.Option(
+        "--templates", help="classnames: simple, ensemble, openai-imagenet, a file, or a literal with {}.")] = None,
+    descriptors: Annotated[str | None, typer.Option(
+        "--descriptors", help="descriptions: a CbD/CuPL/DDS JSON file, or 'attributes' (CUB annotations); "
+        "default: the dataset card's file.")] = None,
+    aggregation: Annotated[Aggregation | None, typer.Option(
+        "--aggregation", help="descriptions: mean (CbD), max or sum of the descriptor cosines.")] = None,
+    before: Annotated[str | None, typer.Option("--before", help="descriptions: text before each prompt.")] = None,
+    after: Annotated[str | None, typer.Option("--after", help="descriptions: text after each prompt.")] = None,
+    published_quirk: Annotated[bool, typer.Option(
+        "--published-quirk", help="descriptions: phrase as the CbD authors' code did (startswith 'a').")] = False,
+    attribute_threshold: Annotated[float | None, typer.Option(
+        "--attribute-threshold", help="descriptions from attributes: min. % of a class's images.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON record here.")] = None,
+    predictions: Annotated[Path | None, typer.Option(
+        "--predictions", help="Write per-image predictions and top-5 scores (parquet) here.")] = None,
+    explain: Annotated[int, typer.Option("--explain", help="Print explanations for the first N images.")] = 0,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    store: StoreOpt = None,
+    batch_size: BatchOpt = 64,
+    workers: WorkersOpt = 4,
+) -> None:
+    """Evaluate a zero-shot method on a dataset split: metrics, a JSON record, optional predictions."""
+    from .pipeline import classify as run_classify
+    from .pipeline import write_record
+
+    def go() -> None:
+        opts = _method_options(method, templates, descriptors, aggregation, before, after, published_quirk,
+                               attribute_threshold)
+        run = run_classify(dataset, method, dataset_root=dataset_root, split=split, model=model,
+                           pretrained=pretrained, device=device, precision=precision, store=store,
+                           batch_size=batch_size, workers=workers, method_options=opts)
+        _print_metrics(run.record)
+        for row in range(min(explain, len(run.store))):
+            out.print(f"\n[bold]image {row}[/] {run.store.paths[row]}")
+            out.print(run.explain(row).to_text(), highlight=False)
+        if output:
+            write_record(run.record, output)
+            out.print(f"record written to {output}")
+        if predictions:
+            run.write_predictions(predictions)
+            out.print(f"predictions written to {predictions}")
+
+    _run(go)
+
+
+@app.command("explain")
+def explain_cmd(
+    dataset: DatasetOpt,
+    image: Annotated[list[int], typer.Option("--image", "-i", help="Row(s) of the split's store to explain.")],
+    method: Annotated[str, typer.Option("--method", "-m")] = "descriptions",
+    dataset_root: RootOpt = None,
+    split: SplitOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    descriptors: Annotated[str | None, typer.Option("--descriptors")] = None,
+    templates: Annotated[str | None, typer.Option("--templates")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    device: DeviceOpt = "auto",
+    store: StoreOpt = None,
+) -> None:
+    """Explain predictions: each descriptor's similarity for the predicted, true and runner-up classes."""
+    from .pipeline import classify as run_classify
+
+    def go() -> None:
+        opts = _method_options(method, templates, descriptors, None, None, None, False, None)
+        run = run_classify(dataset, method, dataset_root=dataset_root, split=split, model=model,
+                           pretrained=pretrained, device=device, store=store, method_options=opts)
+        for row in image:
+            if not 0 <= row < len(run.store):
+                raise ZsclipError(f"--image {row} is out of range: the store has {len(run.store)} images")
+            expl = run.explain(row)
+            if as_json:
+                out.print_json(json.dumps({"image": row, "path": run.store.paths[row], "rows": expl.to_records()}))
+            else:
+                out.print(f"[bold]image {row}[/] {run.store.paths[row]}")
+                out.print(expl.to_text(), highlight=False)
+
+    _run(go)
+
+
+@app.command()
+def embed(
+    dataset: DatasetOpt,
+    dataset_root: RootOpt = None,
+    split: SplitOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="float16 or float32 embeddings on disk.")] = "float16",
+    index: Annotated[str, typer.Option("--index", help="FAISS index-factory string (inner product).")] = "Flat",
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    store: StoreOpt = None,
+    batch_size: BatchOpt = 64,
+    workers: WorkersOpt = 4,
+) -> None:
+    """Build (or resume, or reuse) the image store of a dataset split."""
+    from .datasets import get_dataset
+    from .models import load_model
+    from .pipeline import default_model
+    from .stores import ImageStore
+
+    def go() -> None:
+        ds = get_dataset(dataset, dataset_root)
+        name, pre = default_model(ds, model, pretrained)
+        encoder = load_model(name, pre, device=device, precision=precision)
+        s = ImageStore.build(ds, split or ds.default_split, encoder, store, dtype=dtype, index=index,
+                             batch_size=batch_size, workers=workers)
+        out.print(f"store {s.path}: {len(s)} images, dim {s.dim}, {s.manifest['dtype']}; encoded this run: "
+                  f"{s.build_stats.images_encoded}; unreadable skipped: {s.build_stats.images_skipped}",
+                  highlight=False)
+
+    _run(go)
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """List the registered datasets."""
+    from .datasets import list_datasets
+
+    table = Table("dataset", "description")
+    for name, summary in list_datasets():
+        table.add_row(name, summary)
+    out.print(table)
+
+
+@datasets_app.command("info")
+def datasets_info(dataset: DatasetOpt, dataset_root: RootOpt = None,
+                  classes: Annotated[bool, typer.Option("--classes", help="Also list class names.")] = False) -> None:
+    """Show a dataset's classes and split sizes."""
+    from .datasets import get_dataset
+
+    def go() -> None:
+        ds = get_dataset(dataset, dataset_root)
+        info = ds.describe()
+        if classes:
+            info["classnames"] = list(ds.classnames)
+        out.print_json(json.dumps(info))
+
+    _run(go)
+
+
+@datasets_app.command("download")
+def datasets_download(
+    name: Annotated[str, typer.Argument(help="Dataset with a download address in its card, e.g. cub.")],
+    root: Annotated[Path | None, typer.Option("--root", help="Where to put it (default: cache root).")] = None,
+    url: Annotated[str | None, typer.Option("--url", help="Download from this address instead.")] = None,
+) -> None:
+    """Download and safely extract a dataset archive, checking its checksum."""
+    from .datasets.download import download_dataset
+
+    def go() -> None:
+        path = download_dataset(name, root=root, url=url)
+        out.print(f"{name} is at {path}; use --dataset-root {path}", highlight=False)
+
+    _run(go)
+
+
+@models_app.command("list")
+def models_list(cached: Annotated[bool, typer.Option("--cached", help="Only models whose weights are here.")]
+                = False) -> None:
+    """List open_clip architectures with pretrained tags, and whether their weights are on this machine."""
+    from .models import list_models
+
+    table = Table("model", "pretrained", "weights here")
+    for row in list_models():
+        if cached and not row["cached"]:
+            continue
+        table.add_row(row["model"], row["pretrained"], "yes" if row["cached"] else "")
+    out.print(table)
+
+
+@models_app.command("download")
+def models_download(
+    model: Annotated[str, typer.Argument(help="Architecture, or hf-hub:ORG/NAME.")],
+    pretrained: Annotated[str | None, typer.Argument(help="Pretrained tag.")] = None,
+) -> None:
+    """Fetch a model's weights into the local cache (needs network; fails fast when offline)."""
+    from .models import resolve_weights
+
+    def go() -> None:
+        resolved = resolve_weights(model, pretrained)
+        out.print(f"weights at {resolved.weights}", highlight=False)
+
+    _run(go)
+
+
+@store_app.command("info")
+def store_info(path: Annotated[Path, typer.Argument(help="Image store folder.")]) -> None:
+    """Print a store's manifest (model, dataset, split, count, dim, dtype, skipped images)."""
+    from .stores import ImageStore
+
+    def go() -> None:
+        out.print_json(json.dumps(ImageStore.open(path).info()))
+
+    _run(go)
+
+
+def _mount_world() -> None:
+    try:
+        from .world.cli import app as world_app
+    except ImportError:  # the world package is optional in a trimmed install
+        return
+    app.add_typer(world_app, name="world", help="The built-in offline toy world.")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _mount_world()
+    app()

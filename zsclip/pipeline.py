@@ -1,0 +1,171 @@
+"""The classification pipeline: dataset → image store → prompt set → scorer → metrics and record.
+
+``ZeroShotClassifier`` is the notebook-sized piece (a prompt set embedded through the text cache);
+``classify`` runs one whole evaluation and returns everything it made, including the JSON record that
+``zsclip classify --output`` writes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._io import atomic_path, write_json_atomic
+from ._version import __version__
+from .datasets import Dataset, get_dataset
+from .methods import get_method
+from .models import Encoder, load_model
+from .prompts import PromptSet
+from .scoring import Explanation, Scorer, evaluate, explain, topk_indices
+from .stores import ImageStore, TextEmbeddingCache
+
+log = logging.getLogger(__name__)
+
+
+class ZeroShotClassifier:
+    """A prompt set, embedded by ``encoder`` through the text cache, ready to score image embeddings.
+
+    Only texts missing from the cache are encoded (``texts_encoded`` counts them). Texts longer than the
+    tokenizer's context length are reported with a warning, since their tail is cut.
+    """
+
+    def __init__(self, prompt_set: PromptSet, encoder: Encoder, text_cache: TextEmbeddingCache | None = None,
+                 chunk_size: int = 4096) -> None:
+        self.prompt_set = prompt_set
+        self.encoder = encoder
+        cache = text_cache or TextEmbeddingCache(encoder)
+        before = cache.texts_encoded
+        self.truncated = encoder.truncated(prompt_set.texts)
+        if self.truncated:
+            log.warning("%d of %d texts exceed the model's context length of %d tokens and are truncated, e.g. %r",
+                        len(self.truncated), len(prompt_set.texts), encoder.context_length, self.truncated[0])
+        self.scorer = Scorer(prompt_set, cache.encode(prompt_set.texts), chunk_size=chunk_size)
+        self.texts_encoded = cache.texts_encoded - before
+
+    @property
+    def classnames(self) -> tuple[str, ...]:
+        return self.prompt_set.classnames
+
+    def scores(self, image_embeddings: np.ndarray) -> np.ndarray:
+        """``N × C`` class scores (cosine units)."""
+        return self.scorer.scores(image_embeddings)
+
+    def predict(self, image_embeddings: np.ndarray) -> np.ndarray:
+        """Predicted class index per image."""
+        return self.scores(image_embeddings).argmax(axis=1)
+
+    def explain(self, image_embedding: np.ndarray, true_label: int | None = None) -> Explanation:
+        """Each text's similarity for the predicted, true and runner-up classes of one image."""
+        return explain(self.scorer, image_embedding, true_label)
+
+
+@dataclass
+class ClassificationRun:
+    """Everything one evaluation made: inputs, scores, metrics and the JSON record."""
+
+    dataset: Dataset
+    split: str
+    encoder: Encoder
+    store: ImageStore
+    classifier: ZeroShotClassifier
+    scores: np.ndarray
+    metrics: dict[str, Any]
+    record: dict[str, Any]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.store.labels)
+
+    def explain(self, row: int) -> Explanation:
+        """Explanation for the store's ``row``-th image, with its true label."""
+        return self.classifier.explain(np.asarray(self.store.embeddings[row]), int(self.store.labels[row]))
+
+    def write_predictions(self, path: str | Path, k: int = 5) -> None:
+        """Per-image predictions and the top-``k`` classes with scores, as parquet (atomic)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        top = topk_indices(self.scores, k)
+        top_scores = np.take_along_axis(self.scores, top, axis=1)
+        names = np.asarray(self.classifier.classnames, dtype=object)
+        table = pa.table({
+            "index": pa.array(self.store.sample_indices, pa.int64()),
+            "path": pa.array(self.store.paths, pa.string()),
+            "label": pa.array(self.labels, pa.int32()),
+            "prediction": pa.array(top[:, 0], pa.int32()),
+            "predicted_class": pa.array(names[top[:, 0]].tolist(), pa.string()),
+            "correct": pa.array(top[:, 0] == self.labels, pa.bool_()),
+            "topk": pa.array(top.tolist(), pa.list_(pa.int32())),
+            "topk_scores": pa.array(top_scores.tolist(), pa.list_(pa.float32())),
+        })
+        with atomic_path(Path(path), suffix=".parquet") as tmp:
+            pq.write_table(table, tmp)
+
+
+def default_model(dataset: Dataset, model: str | None, pretrained: str | None) -> tuple[str, str | None]:
+    """The model to use when none is given: the dataset card's, else OpenAI's ViT-B-32."""
+    if model is None:
+        model = str(dataset.card.get("model", "ViT-B-32"))
+        if pretrained is None:
+            pretrained = dataset.card.get("pretrained", "openai")  # type: ignore[assignment]
+    elif pretrained is None and ":" not in model and model != "toyworld":
+        pretrained = "openai"
+    return model, pretrained
+
+
+def classify(dataset: str | Dataset, method: str = "classnames", *, dataset_root: str | Path | None = None,
+             split: str | None = None, model: str | Encoder | None = None, pretrained: str | None = None,
+             device: str = "auto", precision: str = "fp32", store: str | Path | None = None,
+             store_dtype: str = "float16", index: str = "Flat", batch_size: int = 64, workers: int = 4,
+             method_options: dict[str, Any] | None = None) -> ClassificationRun:
+    """Evaluate a zero-shot method on a dataset split and return the run (see ``ClassificationRun``).
+
+    Image embeddings come from the store (built on first use), text embeddings from the text cache, so a
+    repeated run encodes nothing; ``record["counts"]`` says what this run encoded and skipped.
+    """
+    ds = dataset if isinstance(dataset, Dataset) else get_dataset(dataset, dataset_root)
+    split = split or ds.default_split
+    if isinstance(model, Encoder):
+        encoder = model
+    else:
+        name, pre = default_model(ds, model, pretrained)
+        encoder = load_model(name, pre, device=device, precision=precision)
+    image_store = ImageStore.build(ds, split, encoder, store, dtype=store_dtype, index=index,
+                                   batch_size=batch_size, workers=workers)
+    prompt_set = get_method(method, **(method_options or {})).build(ds)
+    clf = ZeroShotClassifier(prompt_set, encoder)
+    scores = clf.scores(image_store.embeddings)
+    metrics = evaluate(scores, image_store.labels, ds.classnames)
+    record = {
+        "dataset": ds.name,
+        "dataset_root": str(ds.root) if ds.root else None,
+        "split": split,
+        "model": encoder.name,
+        "pretrained": encoder.pretrained,
+        "model_fingerprint": encoder.fingerprint,
+        "method": method,
+        "options": dict(prompt_set.options),
+        "metrics": metrics,
+        "counts": {
+            "images": len(image_store),
+            "images_encoded": image_store.build_stats.images_encoded,
+            "images_skipped": image_store.build_stats.images_skipped,
+            "texts": len(prompt_set.texts),
+            "texts_encoded": clf.texts_encoded,
+            "texts_truncated": len(clf.truncated),
+        },
+        "store": str(image_store.path),
+        "zsclip_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return ClassificationRun(ds, split, encoder, image_store, clf, scores, metrics, record)
+
+
+def write_record(record: dict[str, Any], path: str | Path) -> None:
+    """Write a run record as JSON (atomic)."""
+    write_json_atomic(path, record)

@@ -1,0 +1,24 @@
+"""Progress bars for long work, drawn on stderr with rich, and only when stderr is a terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)``; a bar is shown on an interactive stderr unless ``ZSCLIP_PROGRESS=0``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    enabled = console.is_terminal and os.environ.get("ZSCLIP_PROGRESS", "1") != "0" and total > 0
+    if not enabled:
+        yield lambda n: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
