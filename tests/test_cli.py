@@ -1,0 +1,119 @@
+"""The command line, as a user runs it, on a generated CUB folder with the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from fixtures_data import make_cub_folder
+from typer.testing import CliRunner
+
+from zsclip.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def cub_root(tmp_path):
+    return make_cub_folder(tmp_path / "data", n_classes=5, images_per_class=6)
+
+
+def _model_args(tiny_model):
+    return ["--model", tiny_model["name"], "--pretrained", str(tiny_model["checkpoint"]), "--device", "cpu"]
+
+
+def test_classify_descriptions_writes_record_and_predictions(cub_root, tiny_model, tmp_path):
+    out, preds = tmp_path / "results" / "cub.json", tmp_path / "preds.parquet"
+    args = ["classify", "--dataset", "cub", "--dataset-root", str(cub_root), "--method", "descriptions",
+            "--descriptors", "attributes", *_model_args(tiny_model), "--output", str(out),
+            "--predictions", str(preds), "--explain", "1"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "top1" in first.output and "I saw a" in first.output
+    record = json.loads(out.read_text())
+    assert record["dataset"] == "cub" and record["split"] == "test" and record["method"] == "descriptions"
+    assert record["model"] == tiny_model["name"] and record["zsclip_version"]
+    assert set(record["metrics"]) >= {"top1", "top5", "mean_per_class_recall", "per_class_accuracy"}
+    assert record["counts"]["images_encoded"] == 14 and record["counts"]["images_skipped"] == 1
+    assert record["counts"]["texts_encoded"] == record["counts"]["texts"] > 0
+    table = pq.read_table(preds)
+    assert table.num_rows == 14 and {"prediction", "topk", "topk_scores", "correct"} <= set(table.column_names)
+
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    again = json.loads(out.read_text())
+    assert again["counts"]["images_encoded"] == 0 and again["counts"]["texts_encoded"] == 0
+    assert "encoded this run: 0 images, 0 texts" in second.output
+    assert again["metrics"] == record["metrics"]
+
+
+def test_classnames_with_template_ensemble(cub_root, tiny_model, tmp_path):
+    out = tmp_path / "r.json"
+    res = runner.invoke(app, ["classify", "-d", "cub", "--dataset-root", str(cub_root), "--method", "classnames",
+                              "--templates", "ensemble", *_model_args(tiny_model), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    record = json.loads(out.read_text())
+    assert record["options"]["templates"] == "ensemble" and record["options"]["num_templates"] == 7
+
+
+def test_embed_then_store_info(cub_root, tiny_model, tmp_path):
+    store = tmp_path / "store"
+    res = runner.invoke(app, ["embed", "-d", "cub", "--dataset-root", str(cub_root), "--split", "train",
+                              *_model_args(tiny_model), "--store", str(store)])
+    assert res.exit_code == 0, res.output
+    assert "encoded this run: 15" in res.output
+    info = runner.invoke(app, ["store", "info", str(store)])
+    assert info.exit_code == 0
+    manifest = json.loads(info.output)
+    assert manifest["split"] == "train" and manifest["count"] == 15
+
+
+def test_explain_command(cub_root, tiny_model):
+    res = runner.invoke(app, ["explain", "-d", "cub", "--dataset-root", str(cub_root), "--image", "0",
+                              "--image", "2", "--descriptors", "attributes", *_model_args(tiny_model), "--json"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count('"rows"') == 2 and '"similarity"' in res.output
+    bad = runner.invoke(app, ["explain", "-d", "cub", "--dataset-root", str(cub_root), "--image", "99",
+                              "--descriptors", "attributes", *_model_args(tiny_model)])
+    assert bad.exit_code == 2 and "out of range" in bad.output
+
+
+def test_listing_commands():
+    res = runner.invoke(app, ["datasets", "list"])
+    assert res.exit_code == 0 and "cub" in res.output and "folder" in res.output
+    res = runner.invoke(app, ["models", "list"])
+    assert res.exit_code == 0 and "ViT-B-32" in res.output and "openai" in res.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--method", "descriptions", "--descriptors", "missing.json"], "no such file"),
+    (["--split", "val"], "has no split 'val'"),
+    (["--templates", "no slot here"], "is not a template"),
+])
+def test_bad_input_gives_a_clear_error(cub_root, tiny_model, extra, message):
+    res = runner.invoke(app, ["classify", "-d", "cub", "--dataset-root", str(cub_root), *_model_args(tiny_model),
+                              *extra])
+    assert res.exit_code == 2
+    assert message in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+
+
+def test_mismatched_descriptor_file_lists_the_classes(cub_root, tiny_model, tmp_path):
+    f = tmp_path / "desc.json"
+    f.write_text(json.dumps({"Black-footed Albatros": ["white"], "Penguin": ["black"]}))
+    res = runner.invoke(app, ["classify", "-d", "cub", "--dataset-root", str(cub_root), "-m", "descriptions",
+                              "--descriptors", str(f), *_model_args(tiny_model)])
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "closest in file: 'black footed albatros'" in text and "'Penguin' matches no class" in text
+
+
+def test_missing_weights_and_missing_dataset(tmp_path):
+    res = runner.invoke(app, ["classify", "-d", "folder", "--dataset-root", str(tmp_path / "none")])
+    assert res.exit_code == 2 and str(tmp_path / "none") in " ".join(res.output.split())
+    root = make_cub_folder(tmp_path / "c", n_classes=2, images_per_class=2)
+    res = runner.invoke(app, ["classify", "-d", "cub", "--dataset-root", str(root), "--model", "ViT-B-32",
+                              "--pretrained", "openai", "--device", "cpu"])
+    assert res.exit_code == 2 and "zsclip models download ViT-B-32 openai" in " ".join(res.output.split())

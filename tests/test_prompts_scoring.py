@@ -1,0 +1,194 @@
+"""Prompt formats, CbD phrasing, and the scorer checked against a direct NumPy computation (METHODS.md §0–1)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fixtures_data import make_cub_folder
+
+from zsclip.datasets import get_dataset
+from zsclip.errors import DescriptorFileError, ZsclipError
+from zsclip.methods import ClassNamePrompts, DescriptorPrompts
+from zsclip.prompts import (
+    PromptSet,
+    descriptor_phrase,
+    format_template,
+    load_templates,
+    match_descriptors,
+    normalise_descriptor,
+    read_descriptor_file,
+)
+from zsclip.scoring import Scorer, evaluate, explain, topk_indices
+
+
+@pytest.mark.parametrize("descriptor, phrase", [
+    ("a red crest", "which is a red crest"),
+    ("an orange beak", "which is an orange beak"),
+    ("used for hunting", "which is used for hunting"),
+    ("has webbed feet", "which has webbed feet"),
+    ("often found near water", "which often found near water"),
+    ("typically black", "which typically black"),
+    ("can fly", "which can fly"),
+    ("antennae", "which has antennae"),
+    ("long legs", "which has long legs"),
+])
+def test_cbd_phrasing(descriptor, phrase):
+    assert descriptor_phrase(descriptor) == phrase
+
+
+def test_published_quirk_is_an_option():
+    assert descriptor_phrase("antennae", published_quirk=True) == "which is antennae"
+    assert descriptor_phrase("antennae") == "which has antennae"
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("It is a seabird.", "a seabird"),
+    ("It has a red crest.", "has a red crest"),
+    ("- long tail feathers ", "long tail feathers"),
+    ("They are black.", "black"),
+])
+def test_normalise_descriptor(raw, clean):
+    assert normalise_descriptor(raw) == clean
+
+
+def test_templates_accept_both_placeholders_and_sets(tmp_path):
+    assert format_template("a photo of a {}.", "cat") == "a photo of a cat."
+    assert format_template("a photo of a {c}.", "cat") == "a photo of a cat."
+    with pytest.raises(ZsclipError, match="exactly one"):
+        format_template("no slot", "cat")
+    assert load_templates("simple") == ["a photo of a {}."]
+    assert len(load_templates("ensemble")) == 80  # CLIP's ImageNet templates when the card has none
+    assert load_templates("ensemble", {"templates": ["a {} bird."]}) == ["a {} bird."]
+    f = tmp_path / "t.txt"
+    f.write_text("# comment\na {} here.\n\nthe {c} there.\n")
+    assert load_templates(str(f)) == ["a {} here.", "the {c} there."]
+    f.write_text("broken\n")
+    with pytest.raises(ZsclipError, match="template 1"):
+        load_templates(str(f))
+
+
+def test_descriptor_files_cbd_and_dds_formats(tmp_path):
+    cbd = tmp_path / "cbd.json"
+    cbd.write_text(json.dumps({"Red Fox": ["red fur"], "grey_wolf": ["grey fur", "howls"]}))
+    dds = tmp_path / "dds.json"
+    dds.write_text(json.dumps({"index_to_classname": {"1": "grey wolf", "0": "Red Fox"},
+                               "index_to_descriptions": {"0": ["red fur"], "1": ["grey fur", "howls"]}}))
+    assert read_descriptor_file(dds) == {"Red Fox": ["red fur"], "grey wolf": ["grey fur", "howls"]}
+    matched = match_descriptors(read_descriptor_file(cbd), ["grey wolf", "red fox"])
+    assert matched == [["grey fur", "howls"], ["red fur"]]
+
+
+def test_descriptor_file_errors_name_file_and_mismatches(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"a": ["x"],')
+    with pytest.raises(ZsclipError, match=r"bad\.json is not valid JSON \(line 1"):
+        read_descriptor_file(bad)
+    bad.write_text(json.dumps({"a": "not a list"}))
+    with pytest.raises(DescriptorFileError, match="entry 'a' must be a list"):
+        read_descriptor_file(bad)
+    with pytest.raises(DescriptorFileError) as info:
+        match_descriptors({"Red Foxx": ["x"], "Grey Wolf": ["y"], "Unicorn": ["z"]}, ["red fox", "grey wolf"],
+                          "my.json")
+    msg = str(info.value)
+    assert "my.json" in msg and "'red fox' has no entry (closest in file: 'red foxx')" in msg
+    assert "'Unicorn' matches no class" in msg
+
+
+def _random_set(rng, counts, dim=16, aggregation="mean"):
+    per_class = [[(f"c{c} t{j}", f"d{j}") for j in range(n)] for c, n in enumerate(counts)]
+    ps = PromptSet.from_lists([f"c{c}" for c in range(len(counts))], per_class, aggregation, "test")
+    emb = rng.normal(size=(len(ps.texts), dim)).astype(np.float32)
+    return ps, emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "max", "sum", "prototype"])
+def test_scorer_matches_direct_numpy(aggregation):
+    rng = np.random.default_rng(0)
+    ps, text = _random_set(rng, [3, 1, 5, 2], aggregation=aggregation)
+    images = rng.normal(size=(50, 16)).astype(np.float32)
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    expected = np.zeros((50, 4))
+    for c in range(4):
+        e = text[ps.owners == c]
+        sims = images @ e.T  # per-descriptor cosines
+        if aggregation == "mean":
+            expected[:, c] = sims.mean(axis=1)  # mean of cosines, not cosine of the renormalised mean
+        elif aggregation == "max":
+            expected[:, c] = sims.max(axis=1)
+        elif aggregation == "sum":
+            expected[:, c] = sims.sum(axis=1)
+        else:
+            w = e.mean(axis=0)
+            expected[:, c] = images @ (w / np.linalg.norm(w))
+    got = Scorer(ps, text, chunk_size=7).scores(images)  # several chunks
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    got16 = Scorer(ps, text).scores(images.astype(np.float16))
+    np.testing.assert_allclose(got16, expected, atol=2e-3)
+
+
+def test_cbd_mean_differs_from_renormalised_mean():
+    rng = np.random.default_rng(1)
+    ps, text = _random_set(rng, [4, 4])
+    images = rng.normal(size=(5, 16)).astype(np.float32)
+    mean = Scorer(ps, text).scores(images)
+    proto = Scorer(PromptSet.from_lists(ps.classnames, [[(t, t) for t in ps.texts_of(c)] for c in range(2)],
+                                        "prototype", "x"), text).scores(images)
+    assert not np.allclose(mean, proto)
+
+
+def test_cbd_prompts_on_cub_attributes(tmp_path):
+    ds = get_dataset("cub", make_cub_folder(tmp_path, n_classes=4))
+    ps = DescriptorPrompts(descriptors="attributes", before="A photo of a ", after=".").build(ds)
+    assert ps.method == "descriptions" and ps.aggregation == "mean"
+    first = ps.texts_of(0)
+    assert all(t.startswith("A photo of a Black-footed Albatross, which ") and t.endswith(".") for t in first)
+    assert ps.labels[0] in ds.attribute_descriptors()["Black-footed Albatross"]
+
+
+def test_class_without_descriptors_falls_back_to_its_name(tmp_path):
+    ds = get_dataset("cub", make_cub_folder(tmp_path, n_classes=3))
+    descriptors = {"Black-footed Albatross": ["white wings"], "Laysan Albatross": [], "Sooty Albatross": ["  "]}
+    ps = DescriptorPrompts(descriptors=descriptors).build(ds)
+    assert ps.texts_of(1) == ["a photo of a Laysan Albatross."]
+    assert ps.texts_of(2) == ["a photo of a Sooty Albatross."]
+    assert not any(t.endswith("which has ") or t.endswith("which has") for t in ps.texts)
+    assert ps.options["classes_without_descriptors"] == 2
+
+
+def test_classname_prompts_use_the_card_ensemble(tmp_path):
+    ds = get_dataset("cub", make_cub_folder(tmp_path, n_classes=2))
+    ps = ClassNamePrompts("ensemble").build(ds)
+    assert ps.aggregation == "prototype"
+    assert len(ps.texts_of(0)) == len(ds.card["templates"])
+    assert "Black-footed Albatross" in ps.texts[0]
+
+
+def test_metrics():
+    scores = np.array([[0.9, 0.1, 0, 0, 0, 0], [0.2, 0.8, 0, 0, 0, 0], [0.5, 0.4, 0.6, 0, 0, 0],
+                       [0, 0, 0, 0.1, 0.2, 0.3]], dtype=np.float32)
+    labels = np.array([0, 1, 0, 3])
+    m = evaluate(scores, labels, [f"c{i}" for i in range(6)])
+    assert m["top1"] == pytest.approx(50.0)
+    assert m["top5"] == pytest.approx(100.0)
+    # class 0: 1 of 2, class 1: 1 of 1, class 3: 0 of 1 → (50 + 100 + 0) / 3
+    assert m["mean_per_class_recall"] == pytest.approx(50.0)
+    assert m["per_class_accuracy"] == {"c0": 50.0, "c1": 100.0, "c3": 0.0}
+    assert "top5" not in evaluate(scores[:, :3], labels % 3, ["a", "b", "c"])
+    np.testing.assert_array_equal(topk_indices(scores, 2)[2], [2, 0])
+
+
+def test_explanation_lists_predicted_true_and_runner_up():
+    rng = np.random.default_rng(3)
+    ps, text = _random_set(rng, [3, 2, 2])
+    scorer = Scorer(ps, text)
+    image = text[3] + 0.1 * text[0]  # close to class 1's first descriptor
+    expl = explain(scorer, image, true_label=0)
+    assert expl.predicted == "c1" and expl.true == "c0" and expl.runner_up == "c2"
+    roles = [r.role for r in expl.rows]
+    assert roles == ["predicted"] * 2 + ["true"] * 3 + ["runner-up"] * 2
+    sims = [r.similarity for r in expl.rows if r.role == "predicted"]
+    assert sims == sorted(sims, reverse=True)
+    assert expl.summary().startswith("I saw a c1 because I saw: d0")
+    assert "runner-up: c2" in expl.to_text() and "<table>" in expl._repr_html_()

@@ -1,0 +1,164 @@
+"""Image stores (build, reuse, refuse, resume, search) and the text-embedding cache."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_data import make_cub_folder
+
+import zsclip.stores as stores_mod
+from zsclip.datasets import get_dataset
+from zsclip.errors import StoreMismatchError, ZsclipError
+from zsclip.models import load_model
+from zsclip.stores import ImageStore, TextEmbeddingCache
+
+
+@pytest.fixture()
+def cub(tmp_path):
+    return get_dataset("cub", make_cub_folder(tmp_path / "cub", n_classes=5, images_per_class=8))
+
+
+def test_build_writes_a_complete_store_and_reuses_it(cub, tiny_encoder, tmp_path):
+    store = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "store")
+    n_test = len(cub.samples("test"))
+    assert len(store) == n_test - 1  # one corrupt image skipped and counted
+    assert store.build_stats.images_encoded == n_test - 1
+    assert store.build_stats.images_skipped == 1
+    assert "corrupt" not in store.build_stats.skipped[0]["error"] or store.build_stats.skipped[0]["path"]
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert manifest["model"]["fingerprint"] == tiny_encoder.fingerprint
+    assert manifest["dataset"]["name"] == "cub" and manifest["split"] == "test"
+    assert manifest["count"] == len(store) and manifest["dim"] == 32 and manifest["dtype"] == "float16"
+    assert isinstance(store.embeddings, np.memmap)
+    np.testing.assert_allclose(np.linalg.norm(store.embeddings.astype(np.float32), axis=1), 1.0, atol=2e-3)
+    assert set(store.labels.tolist()) == set(range(5))
+    assert not (tmp_path / "store" / "build").exists()
+
+    again = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "store")
+    assert again.build_stats.images_encoded == 0
+    np.testing.assert_array_equal(again.embeddings, store.embeddings)
+
+    scores, rows = store.search(np.asarray(store.embeddings[3], dtype=np.float32), k=2)
+    assert rows[0, 0] == 3 and scores[0, 0] == pytest.approx(1.0, abs=2e-3)
+
+
+def test_store_made_by_another_model_is_refused(cub, tiny_encoder, tiny_model, tmp_path):
+    ImageStore.build(cub, "test", tiny_encoder, tmp_path / "store")
+    other = load_model(f"local-dir:{tiny_model['local_dir']}", device="cpu")  # other preprocessing
+    with pytest.raises(StoreMismatchError, match="not by the model in use"):
+        ImageStore.build(cub, "test", other, tmp_path / "store")
+    with pytest.raises(StoreMismatchError):
+        ImageStore.open(tmp_path / "store", other.fingerprint)
+    assert len(ImageStore.open(tmp_path / "store")) > 0  # opening without a model check still works
+
+
+def test_store_of_another_sample_list_is_refused(tmp_path, tiny_encoder):
+    a = get_dataset("cub", make_cub_folder(tmp_path / "a", n_classes=3, images_per_class=4))
+    b = get_dataset("cub", make_cub_folder(tmp_path / "b", n_classes=4, images_per_class=4))
+    ImageStore.build(a, "test", tiny_encoder, tmp_path / "store")
+    with pytest.raises(StoreMismatchError, match="another sample list"):
+        ImageStore.build(b, "test", tiny_encoder, tmp_path / "store")
+
+
+def test_interrupted_build_resumes_from_last_shard(cub, tiny_encoder, tmp_path, monkeypatch):
+    reference = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "reference", shard_size=4)
+    real = stores_mod._encode_samples
+    calls = {"n": 0}
+
+    def crash_on_second_shard(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stores_mod, "_encode_samples", crash_on_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        ImageStore.build(cub, "test", tiny_encoder, tmp_path / "store", shard_size=4)
+    assert not (tmp_path / "store" / "manifest.json").exists()
+    with pytest.raises(ZsclipError, match="unfinished build"):
+        ImageStore.open(tmp_path / "store")
+    monkeypatch.setattr(stores_mod, "_encode_samples", real)
+    resumed = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "store", shard_size=4)
+    first_shard = 4  # the first shard's images were not encoded again
+    assert resumed.build_stats.images_encoded == len(reference) + reference.build_stats.images_skipped - first_shard
+    np.testing.assert_array_equal(resumed.embeddings, reference.embeddings)
+    assert resumed.paths == reference.paths
+
+
+def test_resume_with_other_settings_is_refused(cub, tiny_encoder, tmp_path):
+    (tmp_path / "store" / "build").mkdir(parents=True)
+    (tmp_path / "store" / "build" / "identity.json").write_text(json.dumps({"model_fingerprint": "other"}))
+    with pytest.raises(StoreMismatchError, match="cannot be resumed"):
+        ImageStore.build(cub, "test", tiny_encoder, tmp_path / "store")
+
+
+def test_ivf_index_factory_and_bad_factory_string(cub, tiny_encoder, tmp_path):
+    store = ImageStore.build(cub, "train", tiny_encoder, tmp_path / "ivf", dtype="float32", index="IVF2,Flat")
+    assert store.manifest["index"] == "IVF2,Flat" and store.embeddings.dtype == np.float32
+    with pytest.raises(ZsclipError, match="index-factory"):
+        ImageStore.build(cub, "train", tiny_encoder, tmp_path / "bad", index="NotAnIndex")
+
+
+def test_text_cache_encodes_each_text_once(tiny_encoder, tmp_path):
+    cache = TextEmbeddingCache(tiny_encoder, tmp_path / "texts.sqlite")
+    first = cache.encode(["a", "b", "a", "c"])
+    assert cache.texts_encoded == 3 and first.shape == (4, 32)
+    np.testing.assert_array_equal(first[0], first[2])
+    again = TextEmbeddingCache(tiny_encoder, tmp_path / "texts.sqlite")
+    second = again.encode(["c", "a", "d"])
+    assert again.texts_encoded == 1  # only "d" is new
+    np.testing.assert_allclose(second[:2], first[[3, 0]])
+    np.testing.assert_allclose(second, tiny_encoder.encode_texts(["c", "a", "d"]), atol=1e-6)
+
+
+def test_text_cache_keeps_finished_batches_after_a_crash(tiny_encoder, tmp_path, monkeypatch):
+    cache = TextEmbeddingCache(tiny_encoder, tmp_path / "texts.sqlite")
+    real = tiny_encoder.encode_texts
+    calls = {"n": 0}
+
+    def crash_second_batch(texts, batch_size=256):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+        return real(texts, batch_size)
+
+    monkeypatch.setattr(tiny_encoder, "encode_texts", crash_second_batch)
+    with pytest.raises(RuntimeError):
+        cache.encode([f"text {i}" for i in range(6)], batch_size=3)
+    monkeypatch.undo()
+    assert len(TextEmbeddingCache(tiny_encoder, tmp_path / "texts.sqlite")) == 3
+
+
+def _write_texts(args: tuple[str, str, str, list[str]]) -> int:
+    """Child process: load the tiny model and encode ``texts`` into the shared cache."""
+    import open_clip
+
+    cfg_dir, ckpt, db, texts = args
+    open_clip.add_model_config(cfg_dir)
+    from zsclip.models import load_model as load
+
+    enc = load("zsclip-tiny-test", ckpt, device="cpu")
+    cache = TextEmbeddingCache(enc, db)
+    cache.encode(texts, batch_size=7)
+    return cache.texts_encoded
+
+
+def test_text_cache_two_processes_write_at_once(tiny_model, tiny_encoder, tmp_path):
+    cfg_dir = str(Path(tiny_model["checkpoint"]).parent / "configs")
+    db = str(tmp_path / "shared.sqlite")
+    texts_a = [f"shared {i}" for i in range(40)] + [f"only a {i}" for i in range(20)]
+    texts_b = [f"shared {i}" for i in range(40)] + [f"only b {i}" for i in range(20)]
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        encoded = pool.map(_write_texts, [(cfg_dir, str(tiny_model["checkpoint"]), db, texts_a),
+                                          (cfg_dir, str(tiny_model["checkpoint"]), db, texts_b)])
+    cache = TextEmbeddingCache(tiny_encoder, db)
+    assert len(cache) == 80
+    assert sum(encoded) >= 80
+    found = cache.lookup(texts_a + texts_b)
+    np.testing.assert_allclose(np.stack([found[t] for t in texts_a[:3]]),
+                               tiny_encoder.encode_texts(texts_a[:3]), atol=1e-6)
