@@ -28,7 +28,9 @@ def test_build_writes_a_complete_store_and_reuses_it(cub, tiny_encoder, tmp_path
     assert len(store) == n_test - 1  # one corrupt image skipped and counted
     assert store.build_stats.images_encoded == n_test - 1
     assert store.build_stats.images_skipped == 1
-    assert "corrupt" not in store.build_stats.skipped[0]["error"] or store.build_stats.skipped[0]["path"]
+    corrupt = [s.path for s in cub.samples("test") if open(s.path, "rb").read(4) == b"\x00not"]
+    assert [s["path"] for s in store.build_stats.skipped] == corrupt
+    assert "UnidentifiedImageError" in store.build_stats.skipped[0]["error"]
     manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
     assert manifest["model"]["fingerprint"] == tiny_encoder.fingerprint
     assert manifest["dataset"]["name"] == "cub" and manifest["split"] == "test"

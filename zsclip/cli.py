@@ -27,7 +27,7 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(store_app, name="store")
 
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 
