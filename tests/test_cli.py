@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pyarrow.parquet as pq
 import pytest
-from fixtures_data import make_cub_folder
+from fixtures_data import make_cub_folder, make_tarball, serve_directory
 from typer.testing import CliRunner
 
 from zsclip.cli import app
+from zsclip.paths import resource_dir
 
 runner = CliRunner()
 
@@ -117,3 +119,32 @@ def test_missing_weights_and_missing_dataset(tmp_path):
     res = runner.invoke(app, ["classify", "-d", "cub", "--dataset-root", str(root), "--model", "ViT-B-32",
                               "--pretrained", "openai", "--device", "cpu"])
     assert res.exit_code == 2 and "zsclip models download ViT-B-32 openai" in " ".join(res.output.split())
+
+
+def test_datasets_download_from_a_loopback_mirror(tmp_path, monkeypatch):
+    """`zsclip datasets download cub --url` against a local HTTP server: unpack, then use the folder."""
+    src = make_cub_folder(tmp_path / "src", n_classes=2, images_per_class=2).parent
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = make_tarball(src, served / "CUB_200_2011.tgz", top_level=False)
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    card = json.loads((resource_dir("datasets") / "cub.json").read_text())
+    card["download"]["md5"] = hashlib.md5(archive.read_bytes()).hexdigest()
+    (cards / "cub.json").write_text(json.dumps(card))
+    monkeypatch.setattr("zsclip.datasets.download.resource_dir", lambda name: cards)
+    with serve_directory(served) as base:
+        res = runner.invoke(app, ["datasets", "download", "cub", "--root", str(tmp_path / "data"),
+                                  "--url", f"{base}/CUB_200_2011.tgz"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "data" / "CUB_200_2011" / "images.txt").is_file()
+    info = runner.invoke(app, ["datasets", "info", "-d", "cub", "--dataset-root", str(tmp_path / "data")])
+    assert json.loads(info.output)["num_classes"] == 2
+
+    card["download"]["md5"] = "0" * 32
+    (cards / "cub.json").write_text(json.dumps(card))
+    with serve_directory(served) as base:
+        bad = runner.invoke(app, ["datasets", "download", "cub", "--root", str(tmp_path / "other"),
+                                  "--url", f"{base}/CUB_200_2011.tgz"])
+    assert bad.exit_code == 2 and "checksum" in bad.output.lower()
+    assert not (tmp_path / "other" / "CUB_200_2011").exists()
