@@ -55,7 +55,8 @@ class BuildStats:
 
 def default_store_path(dataset: Dataset, split: str, fingerprint: str) -> Path:
     """Where the store of (dataset, split, model) lives under the cache root."""
-    return cache_root() / "stores" / f"{dataset.name}-{split}-{dataset.split_fingerprint(split)[:10]}-{fingerprint[:12]}"
+    name = f"{dataset.name}-{split}-{dataset.split_fingerprint(split)[:10]}-{fingerprint[:12]}"
+    return cache_root() / "stores" / name
 
 
 class ImageStore:

@@ -1,5 +1,6 @@
 """Dataset loaders and their registry (``get_dataset``, ``list_datasets``), plus dataset downloads."""
 
+from . import toyworld  # noqa: F401
 from .base import Dataset, Sample, get_dataset, list_datasets, register_dataset
 from .cub import CubDataset, cub_attribute_phrase, cub_classname
 from .download import (

@@ -13,8 +13,14 @@ from pathlib import Path
 from ..datasets import Dataset
 from ..errors import ZsclipError
 from ..paths import resource_dir
-from ..prompts import PromptSet, descriptor_phrase, format_template, match_descriptors, normalise_descriptor, \
-    read_descriptor_file
+from ..prompts import (
+    PromptSet,
+    descriptor_phrase,
+    format_template,
+    match_descriptors,
+    normalise_descriptor,
+    read_descriptor_file,
+)
 
 
 def resolve_descriptors(dataset: Dataset, source: str | Path | Mapping[str, list[str]] | None,
