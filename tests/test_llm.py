@@ -1,0 +1,316 @@
+"""The LLM client against a real chat-completions server on loopback: cache, retries, re-asks, budget, accounting."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+from llm_server import ChatServer, Refusal
+
+from zsclip.errors import ZsclipError
+from zsclip.llm import (
+    Accounting,
+    BudgetExceeded,
+    LLMCache,
+    LLMClient,
+    LLMError,
+    Price,
+    RetryPolicy,
+    price_for,
+    request_key,
+)
+from zsclip.paths import cache_root
+
+MODEL = "test-model"
+KEY = "sk-zsclip-test-5ecret-7f3a9c1e"
+PRICES = {MODEL: Price(input=1000.0, output=1000.0)}  # $0.001 per token: costs are easy to predict
+FAST = RetryPolicy(max_retries=3, backoff_base=0.001, backoff_max=2.0)
+
+
+@pytest.fixture()
+def server():
+    with ChatServer() as srv:
+        yield srv
+
+
+def make_client(url: str, **kwargs: Any) -> LLMClient:
+    """A client with fast retries, a short timeout and the test price table."""
+    options: dict[str, Any] = {"base_url": url, "api_key": KEY, "timeout": 2.0, "retry": FAST, "prices": PRICES}
+    return LLMClient(MODEL, **(options | kwargs))
+
+
+def bullets(text: str) -> list[str]:
+    """Parse ``- item`` lines; a reply without any is malformed."""
+    items = [line[2:].strip() for line in text.splitlines() if line.startswith("- ")]
+    if not items:
+        raise ValueError("no '- ' lines")
+    return items
+
+
+def test_reply_usage_and_accounting(server):
+    llm = make_client(server.url)
+    reply = llm.complete("hello there", max_tokens=20)
+    assert reply.text == "echo: hello there" and not reply.cached
+    assert (reply.prompt_tokens, reply.completion_tokens, reply.finish_reason) == (2, 3, "stop")
+    acc = llm.accounting
+    assert (acc.calls, acc.cached, acc.tokens) == (1, 0, 5)
+    assert acc.cost_usd == pytest.approx(0.005)
+    assert acc.summary() == "LLM: 1 calls, 0 cached, 5 tokens, est. $0.0050"
+    sent = server.requests[0]
+    assert sent["model"] == MODEL and sent["messages"] == [{"role": "user", "content": "hello there"}]
+    assert sent["temperature"] == 0.0 and sent["max_tokens"] == 20 and sent["_auth"] == f"Bearer {KEY}"
+    assert (cache_root() / "llm-cache.sqlite").is_file()
+
+
+def test_unknown_model_costs_nothing_with_a_note(server):
+    llm = make_client(server.url, prices={})
+    llm.complete("hi")
+    assert llm.accounting.cost_usd == 0.0
+    assert llm.accounting.summary().endswith("(no price for test-model: counted as $0)")
+
+
+def test_repeated_job_makes_no_calls_and_needs_no_server(server):
+    prompts = ["one", "two", "three"]
+    first = make_client(server.url).complete_many(prompts)
+    assert [r.value for r in first] == ["echo: one", "echo: two", "echo: three"]
+    url = server.url
+    server.stop()
+    again = make_client(url)
+    second = again.complete_many(prompts)
+    assert [r.value for r in second] == [r.value for r in first]
+    assert (again.accounting.calls, again.accounting.cached) == (0, 3)
+    with pytest.raises(LLMError, match="connection error"):  # the server really is gone
+        again.complete("four")
+
+
+def test_refresh_skips_reading_the_cache_but_writes_it(server):
+    count = Counter[str]()
+
+    def numbered(body: dict[str, Any]) -> str:
+        count["n"] += 1
+        return f"version {count['n']}"
+
+    server.responder = numbered
+    assert make_client(server.url).complete("q").text == "version 1"
+    assert make_client(server.url).complete("q").text == "version 1"
+    fresh = make_client(server.url, refresh=True)
+    assert fresh.complete("q").text == "version 2" and fresh.accounting.calls == 1
+    assert make_client(server.url).complete("q").text == "version 2"
+    assert make_client(server.url).complete("q", refresh=True).text == "version 3"
+
+
+def test_rate_limit_waits_for_retry_after(server):
+    server.fault("status", status=429, retry_after="1")
+    llm = make_client(server.url)
+    assert llm.complete("hi").text == "echo: hi"
+    assert len(server.requests) == 2
+    assert (llm.accounting.calls, llm.accounting.retries, llm.accounting.waited_s) == (1, 1, 1.0)
+
+
+def test_server_error_then_success(server):
+    server.fault("status", status=500)
+    llm = make_client(server.url)
+    assert llm.complete("hi").text == "echo: hi"
+    assert len(server.requests) == 2 and llm.accounting.retries == 1
+    assert llm.accounting.waited_s < 0.01  # the test's tiny backoff base, not a Retry-After
+
+
+def test_timeout_then_success(server):
+    server.fault("sleep", seconds=1.0)
+    llm = make_client(server.url, timeout=0.3)
+    assert llm.complete("hi").text == "echo: hi"
+    assert len(server.requests) == 2 and llm.accounting.calls == 1 and llm.accounting.retries == 1
+
+
+@pytest.mark.parametrize("kind", ["short_body", "cut_json"])
+def test_truncated_reply_is_retried(server, kind):
+    server.fault(kind)
+    llm = make_client(server.url)
+    assert llm.complete("hi").text == "echo: hi"
+    assert len(server.requests) == 2 and llm.accounting.calls == 1
+
+
+def test_retries_exhausted_raise_a_clear_error(server):
+    for _ in range(4):
+        server.fault("status", status=503)
+    llm = make_client(server.url)
+    with pytest.raises(LLMError) as info:
+        llm.complete("hi")
+    message = str(info.value)
+    assert server.url in message and MODEL in message and "HTTP 503" in message and "4 times" in message
+    assert info.value.status == 503 and isinstance(info.value, ZsclipError)
+    assert len(server.requests) == 4 and llm.accounting.calls == 0
+
+
+def test_bad_key_is_not_retried(server):
+    server.fault("status", status=401)
+    with pytest.raises(LLMError, match="HTTP 401.*check the API key") as info:
+        make_client(server.url).complete("hi")
+    assert info.value.status == 401 and len(server.requests) == 1
+
+
+def test_wrong_format_is_asked_again_and_both_replies_are_cached(server):
+    seen = Counter[str]()
+
+    def sloppy_then_right(body: dict[str, Any]) -> str:
+        seen["asks"] += 1
+        return "Sure! Here are some features." if seen["asks"] == 1 else "- red crest\n- short beak"
+
+    server.responder = sloppy_then_right
+    llm = make_client(server.url)
+    assert llm.ask("features of a cardinal?", bullets) == ["red crest", "short beak"]
+    assert (llm.accounting.calls, llm.accounting.reasks) == (2, 1)
+    again = make_client(server.url)
+    assert again.ask("features of a cardinal?", bullets) == ["red crest", "short beak"]
+    assert (again.accounting.calls, again.accounting.cached) == (0, 2)
+
+
+def test_failed_items_are_recorded_while_the_others_succeed(server):
+    def reply(body: dict[str, Any]) -> str:
+        prompt = body["messages"][-1]["content"]
+        if prompt == "refused":
+            raise Refusal(400)
+        return "I cannot list features." if prompt == "stubborn" else f"- {prompt}"
+
+    server.responder = reply
+    llm = make_client(server.url, concurrency=2)
+    results = llm.complete_many(["a", "stubborn", "b", "refused", "c"], bullets, max_parse_attempts=3)
+    assert [r.ok for r in results] == [True, False, True, False, True]
+    assert [r.value for r in results if r.ok] == [["a"], ["b"], ["c"]]
+    assert "did not parse" in results[1].error and results[1].text == "I cannot list features."
+    assert results[1].attempts == 3 and results[1].value is None
+    assert "HTTP 400" in results[3].error
+    asked = Counter(r["messages"][-1]["content"] for r in server.requests)
+    assert asked["stubborn"] == 3 and asked["refused"] == 1
+    assert llm.accounting.failures == 2 and "2 failed" in llm.accounting.summary()
+
+
+def test_max_calls_stops_the_job_and_a_rerun_resumes(server):
+    prompts = [f"item {i}" for i in range(5)]
+    with pytest.raises(BudgetExceeded, match="max_calls=2"):
+        make_client(server.url, max_calls=2, concurrency=3).complete_many(prompts)
+    assert len(server.requests) == 2 and len(LLMCache()) == 2
+    with pytest.raises(BudgetExceeded):
+        make_client(server.url, max_calls=2, concurrency=1).complete_many(prompts)
+    assert len(server.requests) == 4
+    last = make_client(server.url, max_calls=2)
+    results = last.complete_many(prompts)
+    assert [r.value for r in results] == [f"echo: {p}" for p in prompts]
+    assert (last.accounting.calls, last.accounting.cached) == (1, 4) and len(server.requests) == 5
+
+
+def test_max_cost_stops_before_the_call_that_would_pass_it(server):
+    llm = make_client(server.url, max_cost=0.012, concurrency=1)  # each call: 5 tokens, $0.005
+    with pytest.raises(BudgetExceeded, match="max_cost"):
+        llm.complete_many(["a b", "c d", "e f", "g h"])
+    assert llm.accounting.calls == 2 and llm.accounting.cost_usd == pytest.approx(0.010)
+
+
+def _job_in_process(args: tuple[str, str, list[str]]) -> int:
+    """Run one job in a separate process; return the calls it made."""
+    url, cache_path, prompts = args
+    llm = make_client(url, cache=cache_path, concurrency=4, timeout=30.0)  # the other process may start late
+    results = llm.complete_many(prompts)
+    assert all(r.ok for r in results)
+    return llm.accounting.calls
+
+
+def test_two_processes_write_the_cache_at_once(server, tmp_path):
+    path = str(tmp_path / "shared.sqlite")
+    jobs = [[f"prompt {i}" for i in range(0, 30)], [f"prompt {i}" for i in range(49, 19, -1)]]  # 20-29 in both
+    started = {"first": threading.Event(), "second": threading.Event()}
+    overlapped: list[bool] = []
+
+    def once_both_are_calling(body: dict[str, Any]) -> str:  # no reply until both processes are calling
+        prompt = body["messages"][-1]["content"]
+        number = int(prompt.split()[1])
+        if number < 20:
+            started["first"].set()
+        if number >= 30:
+            started["second"].set()
+        overlapped.append(all(event.wait(timeout=25) for event in started.values()))
+        return "echo: " + prompt
+
+    server.responder = once_both_are_calling
+    with mp.get_context("spawn").Pool(2) as pool:
+        calls = pool.map(_job_in_process, [(server.url, path, prompts) for prompts in jobs])
+    assert all(overlapped) and sum(calls) >= 50 and len(LLMCache(path)) == 50
+    rerun = make_client(server.url, cache=path)
+    results = rerun.complete_many([f"prompt {i}" for i in range(50)])
+    assert [r.value for r in results] == [f"echo: prompt {i}" for i in range(50)]
+    assert rerun.accounting.calls == 0
+
+
+def test_api_key_and_server_come_from_the_environment_and_are_never_stored(server, monkeypatch):
+    monkeypatch.setenv("ZSCLIP_LLM_MODEL", MODEL)
+    monkeypatch.setenv("ZSCLIP_LLM_BASE_URL", server.url)
+    monkeypatch.setenv("ZSCLIP_LLM_API_KEY", KEY)
+    llm = LLMClient(retry=FAST, prices=PRICES)
+    assert llm.complete("remember this").text == "echo: remember this"
+    assert server.requests[-1]["_auth"] == f"Bearer {KEY}"
+    files = list(cache_root().glob("llm-cache.sqlite*"))
+    assert files and any(b"remember this" in f.read_bytes() for f in files)
+    for f in files:
+        assert KEY.encode() not in f.read_bytes() and server.url.encode() not in f.read_bytes()
+
+
+def test_openai_variables_are_the_fallback(server, monkeypatch):
+    for name in ("ZSCLIP_LLM_MODEL", "ZSCLIP_LLM_BASE_URL", "ZSCLIP_LLM_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(LLMError, match="ZSCLIP_LLM_MODEL"):
+        LLMClient()
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-fallback")
+    llm = LLMClient(MODEL, retry=FAST, prices=PRICES)
+    assert llm.server == server.url and llm.complete("hi").text == "echo: hi"
+    assert server.requests[-1]["_auth"] == "Bearer sk-openai-fallback"
+
+
+def test_cache_key_covers_model_messages_parameters_and_sample():
+    messages = [{"role": "user", "content": "q"}]
+    key = request_key(MODEL, messages, {"temperature": 0.0}, 0)
+    assert len(key) == 64 and key == request_key(MODEL, messages, {"temperature": 0.0}, 0)
+    assert len({key, request_key("other", messages, {"temperature": 0.0}, 0),
+                request_key(MODEL, [{"role": "user", "content": "Q"}], {"temperature": 0.0}, 0),
+                request_key(MODEL, messages, {"temperature": 0.7}, 0),
+                request_key(MODEL, messages, {"temperature": 0.0, "max_tokens": 10}, 0),
+                request_key(MODEL, messages, {"temperature": 0.0}, 1)}) == 6
+
+
+def test_temperature_written_as_int_hits_the_same_cache_entry(server):
+    make_client(server.url).complete("q", temperature=0)
+    again = make_client(server.url)
+    again.complete("q", temperature=0.0)
+    assert again.accounting.cached == 1 and len(server.requests) == 1
+
+
+def test_backoff_grows_with_jitter_and_respects_retry_after():
+    policy = RetryPolicy(backoff_base=1.0, backoff_max=10.0)
+    for retry, full in [(0, 1.0), (1, 2.0), (3, 8.0), (5, 10.0)]:
+        assert all(0.5 * full <= policy.delay(retry) <= full for _ in range(50))
+    assert policy.delay(0, retry_after=3.0) == 3.0 and policy.delay(0, retry_after=100.0) == 10.0
+
+
+def test_price_table_matches_dated_and_tagged_names(tmp_path):
+    from zsclip.llm import load_prices
+
+    prices = load_prices()
+    assert price_for(prices, "gpt-4o-mini") == price_for(prices, "gpt-4o-mini-2024-07-18") is not None
+    assert price_for(prices, "gpt-4o-2024-08-06") == prices["gpt-4o"]
+    assert price_for({"llama3": Price(0, 0)}, "llama3:8b") == Price(0, 0)
+    assert price_for(prices, "my-local-model") is None
+    bad = tmp_path / "prices.json"
+    bad.write_text('{"models": {"m": {"input": "cheap"}}}')
+    with pytest.raises(ZsclipError, match=r"prices.json: models.m"):
+        load_prices(bad)
+
+
+def test_accounting_can_be_shared_by_clients(server):
+    shared = Accounting()
+    make_client(server.url, accounting=shared).complete("a")
+    make_client(server.url, accounting=shared).complete("a")
+    assert (shared.calls, shared.cached) == (1, 1)
+    assert shared.as_dict()["calls"] == 1
