@@ -63,15 +63,24 @@ def _run(fn: Any) -> Any:
         raise typer.Exit(2) from None
 
 
-def _method_options(method: str, templates: str | None, descriptors: str | None, aggregation: Aggregation | None,
-                    before: str | None, after: str | None, published_quirk: bool,
-                    attribute_threshold: float | None) -> dict[str, Any]:
+def _method_options(method: str, *, templates: str | None = None, descriptors: str | None = None,
+                    aggregation: Aggregation | None = None, before: str | None = None, after: str | None = None,
+                    published_quirk: bool = False, attribute_threshold: float | None = None,
+                    count: int | None = None, words: int | None = None, seeds: int | None = None,
+                    mixed: bool = False) -> dict[str, Any]:
+    """The CLI options that apply to ``method``, as its constructor's keyword arguments."""
     if method == "classnames":
         return {"templates": templates}
     if method == "descriptions":
         return {"descriptors": descriptors, "aggregation": aggregation.value if aggregation else None,
                 "before": before, "after": after, "published_quirk": published_quirk or None,
                 "attribute_threshold": attribute_threshold}
+    if method == "waffle":
+        return {"descriptors": descriptors, "count": count, "n_words": words,
+                "seeds": tuple(range(seeds)) if seeds else None, "mixed": mixed or None, "before": before,
+                "after": after}
+    if method == "cupl":
+        return {"sentences": descriptors}
     return {}
 
 
@@ -82,7 +91,10 @@ def _print_metrics(record: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     for key in ("top1", "top5", "mean_per_class_recall"):
         if key in m:
-            table.add_row(key, f"{m[key]:.2f}")
+            std = f" ± {m[key + '_std']:.2f}" if key + "_std" in m else ""
+            table.add_row(key, f"{m[key]:.2f}{std}")
+    if "seeds" in m:
+        table.add_row("seeds", str(m["seeds"]))
     table.add_row("images", str(m["num_images"]))
     table.add_row("classes", str(m["num_classes"]))
     out.print(table)
@@ -95,7 +107,8 @@ def _print_metrics(record: dict[str, Any]) -> None:
 @app.command()
 def classify(
     dataset: DatasetOpt,
-    method: Annotated[str, typer.Option("--method", "-m", help="classnames or descriptions.")] = "classnames",
+    method: Annotated[str, typer.Option(
+        "--method", "-m", help="classnames, descriptions (CbD), waffle (random descriptors) or cupl.")] = "classnames",
     dataset_root: RootOpt = None,
     split: SplitOpt = None,
     model: ModelOpt = None,
@@ -103,8 +116,8 @@ def classify(
     templates: Annotated[str | None, typer.Option(
         "--templates", help="classnames: simple, ensemble, openai-imagenet, a file, or a literal with {}.")] = None,
     descriptors: Annotated[str | None, typer.Option(
-        "--descriptors", help="descriptions: a CbD/CuPL/DDS JSON file, or 'attributes' (CUB annotations); "
-        "default: the dataset card's file.")] = None,
+        "--descriptors", help="descriptions/waffle: a CbD/CuPL/DDS JSON file, or 'attributes' (dataset "
+        "annotations); cupl: the sentence file. Default: the dataset card's file.")] = None,
     aggregation: Annotated[Aggregation | None, typer.Option(
         "--aggregation", help="descriptions: mean (CbD), max or sum of the descriptor cosines.")] = None,
     before: Annotated[str | None, typer.Option("--before", help="descriptions: text before each prompt.")] = None,
@@ -113,6 +126,10 @@ def classify(
         "--published-quirk", help="descriptions: phrase as the CbD authors' code did (startswith 'a').")] = False,
     attribute_threshold: Annotated[float | None, typer.Option(
         "--attribute-threshold", help="descriptions from attributes: min. % of a class's images.")] = None,
+    count: Annotated[int | None, typer.Option("--count", help="waffle: random word+char pairs (15).")] = None,
+    words: Annotated[int | None, typer.Option("--words", help="waffle: words per random descriptor (2).")] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="waffle: number of seeds, mean ± std (7).")] = None,
+    mixed: Annotated[bool, typer.Option("--mixed", help="waffle: 1/3 real descriptors, 2/3 random.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON record here.")] = None,
     predictions: Annotated[Path | None, typer.Option(
         "--predictions", help="Write per-image predictions and top-5 scores (parquet) here.")] = None,
@@ -128,8 +145,10 @@ def classify(
     from .pipeline import write_record
 
     def go() -> None:
-        opts = _method_options(method, templates, descriptors, aggregation, before, after, published_quirk,
-                               attribute_threshold)
+        opts = _method_options(method, templates=templates, descriptors=descriptors, aggregation=aggregation,
+                               before=before, after=after, published_quirk=published_quirk,
+                               attribute_threshold=attribute_threshold, count=count, words=words, seeds=seeds,
+                               mixed=mixed)
         run = run_classify(dataset, method, dataset_root=dataset_root, split=split, model=model,
                            pretrained=pretrained, device=device, precision=precision, store=store,
                            batch_size=batch_size, workers=workers, method_options=opts)
@@ -166,7 +185,7 @@ def explain_cmd(
     from .pipeline import classify as run_classify
 
     def go() -> None:
-        opts = _method_options(method, templates, descriptors, None, None, None, False, None)
+        opts = _method_options(method, templates=templates, descriptors=descriptors)
         run = run_classify(dataset, method, dataset_root=dataset_root, split=split, model=model,
                            pretrained=pretrained, device=device, store=store, method_options=opts)
         for row in image:

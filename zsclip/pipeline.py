@@ -72,10 +72,15 @@ class ClassificationRun:
     split: str
     encoder: Encoder
     store: ImageStore
-    classifier: ZeroShotClassifier
-    scores: np.ndarray
+    classifier: ZeroShotClassifier  # of the first seed, for randomised methods
+    seed_scores: list[np.ndarray]  # N × C scores per seed (one entry for deterministic methods)
     metrics: dict[str, Any]
     record: dict[str, Any]
+
+    @property
+    def scores(self) -> np.ndarray:
+        """The ``N × C`` class scores (of the first seed, for randomised methods)."""
+        return self.seed_scores[0]
 
     @property
     def labels(self) -> np.ndarray:
@@ -105,6 +110,26 @@ class ClassificationRun:
         })
         with atomic_path(Path(path), suffix=".parquet") as tmp:
             pq.write_table(table, tmp)
+
+
+SUMMARY_METRICS = ("top1", "top5", "mean_per_class_recall")
+
+
+def aggregate_metrics(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """One seed's metrics as they are; several seeds' as the mean, with ``<metric>_std`` and ``per_seed``."""
+    if len(per_seed) == 1:
+        return per_seed[0]
+    out: dict[str, Any] = {"num_images": per_seed[0]["num_images"], "num_classes": per_seed[0]["num_classes"],
+                           "seeds": len(per_seed)}
+    for key in SUMMARY_METRICS:
+        if key in per_seed[0]:
+            values = np.array([m[key] for m in per_seed])
+            out[key] = float(values.mean())
+            out[f"{key}_std"] = float(values.std(ddof=1))
+    out["per_class_accuracy"] = {name: float(np.mean([m["per_class_accuracy"][name] for m in per_seed]))
+                                 for name in per_seed[0]["per_class_accuracy"]}
+    out["per_seed"] = [{k: m[k] for k in SUMMARY_METRICS if k in m} for m in per_seed]
+    return out
 
 
 def default_model(dataset: Dataset, model: str | None, pretrained: str | None) -> tuple[str, str | None]:
@@ -137,10 +162,14 @@ def classify(dataset: str | Dataset, method: str = "classnames", *, dataset_root
         encoder = load_model(name, pre, device=device, precision=precision)
     image_store = ImageStore.build(ds, split, encoder, store, dtype=store_dtype, index=index,
                                    batch_size=batch_size, workers=workers)
-    prompt_set = get_method(method, **(method_options or {})).build(ds)
-    clf = ZeroShotClassifier(prompt_set, encoder)
-    scores = clf.scores(image_store.embeddings)
-    metrics = evaluate(scores, image_store.labels, ds.classnames)
+    method_obj = get_method(method, **(method_options or {}))
+    seeds = getattr(method_obj, "seeds", None)
+    prompt_sets = [method_obj.build(ds, seed=s) for s in seeds] if seeds else [method_obj.build(ds)]
+    classifiers = [ZeroShotClassifier(ps, encoder) for ps in prompt_sets]
+    seed_scores = [clf.scores(image_store.embeddings) for clf in classifiers]
+    metrics = aggregate_metrics([evaluate(sc, image_store.labels, ds.classnames) for sc in seed_scores])
+    prompt_set, clf = prompt_sets[0], classifiers[0]
+    options = {k: v for k, v in prompt_set.options.items() if k != "seed"}
     record = {
         "dataset": ds.name,
         "dataset_root": str(ds.root) if ds.root else None,
@@ -149,21 +178,21 @@ def classify(dataset: str | Dataset, method: str = "classnames", *, dataset_root
         "pretrained": encoder.pretrained,
         "model_fingerprint": encoder.fingerprint,
         "method": method,
-        "options": dict(prompt_set.options),
+        "options": options,
         "metrics": metrics,
         "counts": {
             "images": len(image_store),
             "images_encoded": image_store.build_stats.images_encoded,
             "images_skipped": image_store.build_stats.images_skipped,
-            "texts": len(prompt_set.texts),
-            "texts_encoded": clf.texts_encoded,
-            "texts_truncated": len(clf.truncated),
+            "texts": sum(len(ps.texts) for ps in prompt_sets),
+            "texts_encoded": sum(c.texts_encoded for c in classifiers),
+            "texts_truncated": sum(len(c.truncated) for c in classifiers),
         },
         "store": str(image_store.path),
         "zsclip_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return ClassificationRun(ds, split, encoder, image_store, clf, scores, metrics, record)
+    return ClassificationRun(ds, split, encoder, image_store, clf, seed_scores, metrics, record)
 
 
 def write_record(record: dict[str, Any], path: str | Path) -> None:

@@ -1,7 +1,8 @@
 """Zero-shot methods: each turns a dataset (and its options) into a ``PromptSet``.
 
-A method is a class with explicit constructor options and ``build(dataset) -> PromptSet``; the registry
-maps the names the CLI accepts (``--method NAME``) to those classes.
+A method is a class with explicit constructor options and ``build(dataset) -> PromptSet``; a randomised
+method also has ``seeds`` and ``build(dataset, seed=...)``, and ``classify`` reports mean ± std over the
+seeds. The registry maps the names the CLI accepts (``--method NAME``) to those classes.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from typing import Any
 
 from ..errors import ZsclipError
 from .classnames import ClassNamePrompts
+from .cupl import CuplPrompts
 from .descriptions import DescriptorPrompts
+from .waffle import WafflePrompts
 
 METHODS: dict[str, type] = {
     "classnames": ClassNamePrompts,
     "descriptions": DescriptorPrompts,
+    "waffle": WafflePrompts,
+    "cupl": CuplPrompts,
 }
 
 
@@ -25,4 +30,4 @@ def get_method(name: str, **options: Any) -> Any:
     return METHODS[name](**{k: v for k, v in options.items() if v is not None})
 
 
-__all__ = ["METHODS", "ClassNamePrompts", "DescriptorPrompts", "get_method"]
+__all__ = ["METHODS", "ClassNamePrompts", "CuplPrompts", "DescriptorPrompts", "WafflePrompts", "get_method"]

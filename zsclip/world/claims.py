@@ -1,0 +1,101 @@
+"""The toy world's table of method claims: top-1 per corpus-frequency tier, with the world's ceilings.
+
+Each row is one zero-shot method run through the ordinary ``zsclip.classify`` pipeline on the ``toyworld``
+test split; columns split the test images by their species' tier (head species named often in the corpus,
+tail species named rarely, never-named species, ...). Two reference rows bound the table: a linear probe on
+the image embeddings trained with all training labels (the ceiling of what the image tower separates) and
+chance. ``zsclip world table`` prints and writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..datasets import get_dataset
+from ..models import load_model
+from ..pipeline import classify
+from ..stores import ImageStore
+
+log = logging.getLogger(__name__)
+
+#: tier columns, in the order shown, and their headings
+TIER_COLUMNS = (("head", "head"), ("mid", "mid"), ("nickname", "nickname"), ("tail", "tail"),
+                ("never", "never-named"))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method of the table: a label, a ``classify`` method name and its options."""
+
+    label: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+DEFAULT_ROWS = (
+    Row('class names, "a photo of a {}."', "classnames", {"templates": "simple"}),
+    Row("class names, template ensemble", "classnames", {"templates": "ensemble"}),
+    Row("descriptions (CbD)", "descriptions", {}),
+    Row("descriptions (CbD), ground-truth attributes", "descriptions", {"descriptors": "attributes"}),
+)
+
+
+def _tier_accuracy(correct: np.ndarray, labels: np.ndarray, tiers: Sequence[str]) -> dict[str, float]:
+    """Top-1 (percent) over the images of each tier, plus ``all``."""
+    tier_of_image = np.asarray(tiers)[labels]
+    out = {t: float(100 * correct[tier_of_image == t].mean()) for t, _ in TIER_COLUMNS if (tier_of_image == t).any()}
+    out["all"] = float(100 * correct.mean())
+    return out
+
+
+def linear_probe(train: ImageStore, test: ImageStore, c: float = 10.0) -> np.ndarray:
+    """Correctness of a multinomial logistic-regression probe (all training labels) on the test images."""
+    from sklearn.linear_model import LogisticRegression
+
+    probe = LogisticRegression(C=c, max_iter=2000)
+    probe.fit(np.asarray(train.embeddings, dtype=np.float32), train.labels)
+    return probe.predict(np.asarray(test.embeddings, dtype=np.float32)) == test.labels
+
+
+def claims_table(model: str = "toyworld", rows: Sequence[Row] = DEFAULT_ROWS, split: str = "test",
+                 device: str = "auto") -> dict[str, Any]:
+    """Run every row on the toy world and return ``{"rows": [{label, method, options, top1: {tier: %}}], ...}``."""
+    ds = get_dataset("toyworld")
+    tiers = [s.tier for s in ds.world.species]
+    encoder = load_model(model, None, device=device)
+    results = []
+    for row in rows:
+        run = classify(ds, row.method, split=split, model=encoder, method_options=row.options)
+        correct = run.scores.argmax(axis=1) == run.labels
+        results.append({"label": row.label, "method": row.method, "options": run.record["options"],
+                        "top1": _tier_accuracy(correct, run.labels, tiers)})
+        log.info("%s: %.2f", row.label, results[-1]["top1"]["all"])
+    test_store = ImageStore.build(ds, split, encoder)
+    train_store = ImageStore.build(ds, "train", encoder)
+    probe = _tier_accuracy(linear_probe(train_store, test_store), np.asarray(test_store.labels), tiers)
+    chance = 100.0 / len(ds.classnames)
+    return {
+        "dataset": "toyworld", "split": split, "model": model, "model_fingerprint": encoder.fingerprint,
+        "tiers": {t: tiers.count(t) for t, _ in TIER_COLUMNS},
+        "rows": results,
+        "ceilings": [
+            {"label": "linear probe on image embeddings (all training labels)", "top1": probe},
+            {"label": "chance", "top1": {**{t: chance for t, _ in TIER_COLUMNS}, "all": chance}},
+        ],
+    }
+
+
+def to_markdown(table: dict[str, Any]) -> str:
+    """The table as Markdown: one row per method and ceiling, one column per tier (species count in brackets)."""
+    heads = [f"{name} ({table['tiers'][t]})" for t, name in TIER_COLUMNS] + ["all"]
+    lines = ["| top-1 % | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    for row in [*table["rows"], *table["ceilings"]]:
+        vals = [row["top1"].get(t) for t, _ in TIER_COLUMNS] + [row["top1"]["all"]]
+        cells = ["" if v is None else f"{v:.1f}" for v in vals]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
