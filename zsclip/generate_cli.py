@@ -1,0 +1,239 @@
+"""The ``zsclip describe`` and ``zsclip synonyms`` commands: generate a dataset's descriptor or synonym file
+with an LLM, print what it cost and which classes failed.
+
+Both are plain typer command functions, registered on the main app by ``zsclip.cli``. They parse options,
+call ``zsclip.generate`` and print; a ``ZsclipError`` (bad option, unreachable server, budget reached) is
+printed as one line with exit code 2. Every answer is cached, so running a command again after a budget
+stop or a crash resumes it, and a finished one makes no call at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from .errors import ZsclipError
+from .generate import (
+    FILTER_TEMPLATE,
+    GenerationResult,
+    confusions_from_scores,
+    filter_synonyms,
+    generate_descriptors,
+    generate_synonyms,
+    write_descriptor_file,
+    write_synonym_file,
+)
+from .paths import resource_dir
+
+if TYPE_CHECKING:
+    from .datasets import Dataset
+    from .llm import LLMClient
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+class PromptStyleChoice(str, Enum):
+    """The descriptor styles offered on the command line (``zsclip.generate.STYLES``)."""
+
+    cbd = "cbd"
+    cupl = "cupl"
+    contrastive = "contrastive"
+
+
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Registered dataset name (`zsclip datasets list`).")]
+RootOpt = Annotated[Path | None, typer.Option("--dataset-root", help="Folder holding the dataset.")]
+LLMOpt = Annotated[str | None, typer.Option(
+    "--llm", help="LLM model name as the server knows it (default: $ZSCLIP_LLM_MODEL).")]
+BaseUrlOpt = Annotated[str | None, typer.Option(
+    "--base-url", help="Chat-completions server, usually ending in /v1 (default: $ZSCLIP_LLM_BASE_URL, "
+    "else $OPENAI_BASE_URL, else OpenAI).")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: under prompts/).")]
+MaxCallsOpt = Annotated[int | None, typer.Option("--max-calls", help="Stop before making more LLM calls than this.")]
+MaxCostOpt = Annotated[float | None, typer.Option(
+    "--max-cost", help="Stop before the estimated cost passes this many USD (prompts/llm_prices.json).")]
+RefreshOpt = Annotated[bool, typer.Option("--refresh", help="Ask again instead of reusing cached answers.")]
+TemperatureOpt = Annotated[float | None, typer.Option(
+    "--temperature", help="Sampling temperature (default: 0, CuPL 0.99).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Sampling seed sent to the server (sample k uses seed + k).")]
+PromptFileOpt = Annotated[Path | None, typer.Option(
+    "--prompt-file", help="Meta-prompt file to use instead of the shipped prompts/meta/ one.")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="CLIP model for the zero-shot run (contrastive confusions, synonym filter); "
+    "default: the dataset card's, else ViT-B-32.")]
+PretrainedOpt = Annotated[str | None, typer.Option("--pretrained", help="CLIP weights tag or checkpoint file.")]
+
+
+def _run(fn: Callable[[], T]) -> T:
+    """Call ``fn`` and turn a ``ZsclipError`` into a one-line message and exit code 2."""
+    try:
+        return fn()
+    except ZsclipError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _file_part(model: str) -> str:
+    """A model name usable in a file name: ``org/model:tag`` → ``org-model-tag``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-") or "llm"
+
+
+def default_output(dataset: str, kind: str, model: str) -> Path:
+    """``prompts/<dataset>/descriptors_<style>_<model>.json`` or ``prompts/<dataset>/synonyms_<model>.json``."""
+    stem = "synonyms" if kind == "synonyms" else f"descriptors_{kind}"
+    name = f"{stem}_{_file_part(model)}.json"
+    return resource_dir("prompts") / dataset / name
+
+
+def dataset_domain(dataset: Dataset) -> str:
+    """The word the meta-prompts use for the dataset's domain: the card's first domain word, else "object"."""
+    words = dataset.card.get("domain_words") or []
+    return str(words[0]) if words else "object"
+
+
+def zero_shot_confusions(dataset: Dataset, model: str | None, pretrained: str | None, k: int) -> dict[str, list[str]]:
+    """The ``k`` most-confused classes of every class, from a zero-shot class-name run on the TRAINING split
+    (the test split is never looked at)."""
+    from .pipeline import classify
+
+    if "train" not in dataset.splits:
+        raise ZsclipError(f"contrastive descriptors need a training split to measure confusions on; dataset "
+                          f"{dataset.name!r} has only {', '.join(dataset.splits)}")
+    run = classify(dataset, "classnames", split="train", model=model, pretrained=pretrained)
+    return confusions_from_scores(run.scores, run.labels, dataset.classnames, k)
+
+
+def clip_synonym_classifier(dataset: Dataset, model: str, pretrained: str | None
+                            ) -> Callable[[list[str]], np.ndarray]:
+    """REAL's synonym check as a function: texts → the class whose "a photo of a {classname}." prompt their
+    CLIP text embedding is closest to."""
+    from .methods.classnames import ClassNamePrompts
+    from .models import load_model
+    from .pipeline import ZeroShotClassifier
+
+    encoder = load_model(model, pretrained)
+    classifier = ZeroShotClassifier(ClassNamePrompts("simple").build(dataset), encoder)
+
+    def classify_texts(texts: list[str]) -> np.ndarray:
+        return classifier.predict(encoder.encode_texts(texts))
+
+    return classify_texts
+
+
+def _client(llm: str | None, base_url: str | None, max_calls: int | None, max_cost: float | None,
+            refresh: bool) -> LLMClient:
+    from .llm import LLMClient
+
+    return LLMClient(llm, base_url=base_url, max_calls=max_calls, max_cost=max_cost, refresh=refresh)
+
+
+def _report(result: GenerationResult, path: Path, what: str, accounting_line: str) -> None:
+    counts = result.provenance["counts"]
+    out.print(f"wrote {path}: {counts['succeeded']} of {counts['classes']} classes, {counts['items']} {what}",
+              highlight=False)
+    out.print(accounting_line, highlight=False)
+    if result.failed:
+        names = list(result.failed)
+        more = f" and {len(names) - 20} more" if len(names) > 20 else ""
+        err.print(f"[yellow]{len(names)} classes failed[/] (their bad replies are cached; --refresh asks again): "
+                  f"{', '.join(names[:20])}{more}", highlight=False)
+
+
+def describe(
+    dataset: DatasetOpt,
+    dataset_root: RootOpt = None,
+    llm: LLMOpt = None,
+    base_url: BaseUrlOpt = None,
+    prompt_style: Annotated[PromptStyleChoice, typer.Option(
+        "--prompt-style", help="cbd: CbD's few-shot '- feature' lists; cupl: CuPL sentences; contrastive: "
+        "features that separate each class from its most-confused classes.")] = PromptStyleChoice.cbd,
+    output: OutputOpt = None,
+    samples: Annotated[int | None, typer.Option(
+        "--samples", help="Answers per prompt (default: 1, CuPL 3 per prompt line).")] = None,
+    temperature: TemperatureOpt = None,
+    seed: SeedOpt = 0,
+    prompt_file: PromptFileOpt = None,
+    max_calls: MaxCallsOpt = None,
+    max_cost: MaxCostOpt = None,
+    refresh: RefreshOpt = False,
+    confusions: Annotated[int, typer.Option(
+        "--confusions", help="contrastive: how many most-confused classes each prompt names.")] = 3,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+) -> None:
+    """Generate descriptors for every class of a dataset with an LLM and write them as CbD JSON + provenance."""
+    from .datasets import get_dataset
+
+    def go() -> None:
+        ds = get_dataset(dataset, dataset_root)
+        style = prompt_style.value
+        with _client(llm, base_url, max_calls, max_cost, refresh) as client:
+            confused = zero_shot_confusions(ds, model, pretrained, confusions) if style == "contrastive" else None
+            result = generate_descriptors(ds.classnames, client, style, domain=dataset_domain(ds),
+                                          confusions=confused, samples=samples, temperature=temperature,
+                                          seed=seed, prompt_file=prompt_file)
+            line = client.accounting.summary()
+            target = output or default_output(ds.name, style, client.model)
+        if not result.succeeded:
+            raise ZsclipError(f"no class got descriptors ({line}); nothing written. First failure: "
+                              f"{next(iter(result.failed.values()))}")
+        path = write_descriptor_file(target, result.per_class, result.provenance)
+        _report(result, path, "descriptors", line)
+
+    _run(go)
+
+
+def synonyms(
+    dataset: DatasetOpt,
+    dataset_root: RootOpt = None,
+    llm: LLMOpt = None,
+    base_url: BaseUrlOpt = None,
+    output: OutputOpt = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.")] = 0.0,
+    seed: SeedOpt = 0,
+    prompt_file: PromptFileOpt = None,
+    max_calls: MaxCallsOpt = None,
+    max_cost: MaxCostOpt = None,
+    refresh: RefreshOpt = False,
+    filter_: Annotated[bool, typer.Option(
+        "--filter", help="Keep a synonym only if CLIP classifies 'a photo of a {synonym}' as its own class.")] = False,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+) -> None:
+    """Ask an LLM for the common names of every class (REAL) and write them in REAL's synonym format."""
+    from .datasets import get_dataset
+
+    def go() -> None:
+        ds = get_dataset(dataset, dataset_root)
+        with _client(llm, base_url, max_calls, max_cost, refresh) as client:
+            result = generate_synonyms(ds.classnames, client, domain=dataset_domain(ds), temperature=temperature,
+                                       seed=seed, prompt_file=prompt_file)
+            line = client.accounting.summary()
+            target = output or default_output(ds.name, "synonyms", client.model)
+        if not result.succeeded:
+            raise ZsclipError(f"no class got a synonym list ({line}); nothing written. First failure: "
+                              f"{next(iter(result.failed.values()))}")
+        per_class, provenance = result.per_class, dict(result.provenance)
+        if filter_:
+            from .pipeline import default_model
+
+            clip_model, clip_pretrained = default_model(ds, model, pretrained)
+            per_class = filter_synonyms(per_class, clip_synonym_classifier(ds, clip_model, clip_pretrained))
+            kept = sum(len(v) - 1 for v in per_class.values())
+            total = sum(len(v) - 1 for v in result.per_class.values())
+            provenance["clip_filter"] = {"model": clip_model, "pretrained": clip_pretrained,
+                                         "template": FILTER_TEMPLATE, "kept": kept, "generated": total}
+            provenance["counts"] = {**provenance["counts"], "items": sum(len(v) for v in per_class.values())}
+            out.print(f"CLIP filter kept {kept} of {total} synonyms", highlight=False)
+        path = write_synonym_file(target, per_class, provenance)
+        _report(GenerationResult(result.kind, per_class, result.failed, provenance), path, "names", line)
+
+    _run(go)

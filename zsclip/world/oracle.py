@@ -1,0 +1,356 @@
+"""A scripted stand-in for an LLM in the toy world: answers describe, synonym and template prompts from the
+world's ground truth, served over the chat-completions protocol on loopback.
+
+This is not a model. It recognises which zsclip meta-prompt it was sent (CbD or contrastive descriptors,
+CuPL sentences, REAL synonyms, new prompt templates), finds the toy-world species named in it and writes
+the answer from the species' true attributes and names, spoiled on purpose at configurable rates: a
+``generic_rate`` share of answers are true of every creature ("has eyes") and a ``wrong_rate`` share are
+wrong (an attribute value the species does not have, a made-up synonym, a template without its ``{}``).
+Answers are deterministic per (class, kind, prompt, request seed), so the generation jobs, their cache and
+their parsers can be tested end to end, and the methods that use generated descriptors can be checked
+against a known truth (``judge_descriptor``).
+
+    >>> server, url = serve(port=0, generic_rate=0.2, wrong_rate=0.1)   # a background thread
+    >>> LLMClient("oracle", base_url=url).complete("...")
+    >>> server.shutdown(); server.server_close()
+
+From the command line: ``zsclip world llm-serve --port 8000``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Annotated, Any
+
+import typer
+
+from .corpus import _STYLE_PHRASES
+from .spec import (
+    _ATTRIBUTE_VALUES,
+    _GENERIC,
+    _TRUE_PHRASES,
+    ATTRIBUTES,
+    DEFAULT_SEED,
+    Species,
+    World,
+    _make_words,
+    _unit,
+    build_world,
+)
+
+logger = logging.getLogger(__name__)
+
+#: the reply to a prompt about a name that is not a toy-world species (no parser accepts it)
+UNKNOWN_REPLY = "I don't know that creature."
+#: what the oracle calls the species' domain in its sentences
+DOMAIN = "creature"
+#: the model name ``/v1/models`` lists (any name is answered)
+MODEL_NAME = "oracle"
+#: default rates of generic and wrong answer items: roughly what a small real LLM gets wrong about rare species
+DEFAULT_GENERIC_RATE = 0.15
+DEFAULT_WRONG_RATE = 0.1
+_GENERIC_NAMES = ("creature", "critter", "animal", "little beast")
+#: attributes a wrong descriptor may get wrong (shape and distinctive part define the genus: an LLM that
+#: knows the genus gets them right)
+_WRONG_KEYS = tuple(k for k in ATTRIBUTES if k not in ("shape", "part"))
+
+
+def _clause(phrase: str) -> str:
+    """A descriptor as a verb phrase after the subject: "often found on sand" → "is often found on sand"."""
+    first = phrase.split(" ", 1)[0]
+    if first in ("often", "typically"):
+        return "is " + phrase
+    if first in ("lives", "flies", "has", "is", "can", "may"):
+        return phrase
+    return "has " + phrase
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().strip().rstrip(".").split())
+
+
+@dataclass(frozen=True)
+class Item:
+    """One spoiled-or-true statement about a species: its text and kind (``true``, ``generic``, ``wrong``)."""
+
+    text: str
+    kind: str
+
+
+class Oracle:
+    """Answers zsclip's meta-prompts about the species of ``world`` (see the module docstring).
+
+    ``generic_rate`` and ``wrong_rate`` are the chances that one answer item (a descriptor, a sentence's
+    statement, a template, an extra synonym) is generic or wrong instead of true; they must sum to at most 1.
+    """
+
+    def __init__(self, world: World, generic_rate: float = DEFAULT_GENERIC_RATE,
+                 wrong_rate: float = DEFAULT_WRONG_RATE) -> None:
+        if not (0 <= generic_rate <= 1 and 0 <= wrong_rate <= 1 and generic_rate + wrong_rate <= 1):
+            raise ValueError(f"generic_rate and wrong_rate must be in [0, 1] and sum to at most 1, "
+                             f"got {generic_rate} and {wrong_rate}")
+        self.world = world
+        self.generic_rate = generic_rate
+        self.wrong_rate = wrong_rate
+        names = sorted(world.classnames, key=len, reverse=True)  # "ab cd" must win over a shorter overlap
+        self._name_pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b", re.IGNORECASE)
+        self._by_name = {s.name: s for s in world.species}
+        self._taken = {w for s in world.species for w in (s.epithet, s.genus_word, *s.synonyms)}
+
+    # -- recognising the prompt ------------------------------------------------------------------------
+
+    @staticmethod
+    def prompt_kind(prompt: str) -> str:
+        """Which meta-prompt ``prompt`` is: ``templates``, ``synonyms``, ``contrastive``, ``cbd`` or ``cupl``."""
+        text = prompt.lower()
+        if "{}" in prompt and "template" in text:
+            return "templates"
+        if "ways of referring to" in text or "numbered list" in text:
+            return "synonyms"
+        if "apart from" in text:
+            return "contrastive"
+        if "features for distinguishing" in text or "- " in prompt:
+            return "cbd"
+        return "cupl"
+
+    def species_in(self, prompt: str) -> Species | None:
+        """The species whose official name occurs first in ``prompt`` (the asked-about one: a contrastive
+        prompt names the confused classes after it), or ``None``."""
+        match = self._name_pattern.search(prompt)
+        return self._by_name[match.group(1).lower()] if match else None
+
+    # -- answering -------------------------------------------------------------------------------------
+
+    def answer(self, prompt: str, seed: int = 0) -> str:
+        """The reply to ``prompt``; ``seed`` (the request's sampling seed) varies repeated samples."""
+        kind = self.prompt_kind(prompt)
+        digest = hashlib.blake2b(prompt.encode("utf-8"), digest_size=8).hexdigest()
+        if kind == "templates":
+            return self._templates(_unit("oracle", self.world.seed, kind, seed, digest))
+        species = self.species_in(prompt)
+        if species is None:
+            return UNKNOWN_REPLY
+        rng = _unit("oracle", self.world.seed, kind, species.index, seed, digest)
+        if kind == "synonyms":
+            return self._synonyms(species, rng)
+        if kind == "cupl":
+            return self._sentence(species, rng)
+        others = [s for s in self.world.species if s is not species and re.search(
+            rf"\b{re.escape(s.name)}\b", prompt, re.IGNORECASE)] if kind == "contrastive" else []
+        return "\n".join(f"- {item.text}" for item in self.descriptor_items(species, rng, others))
+
+    def _kind(self, rng: random.Random) -> str:
+        r = rng.random()
+        return "generic" if r < self.generic_rate else "wrong" if r < self.generic_rate + self.wrong_rate else "true"
+
+    def descriptor_items(self, species: Species, rng: random.Random, others: list[Species] | None = None) -> list[Item]:
+        """5-7 descriptors, each true, generic or wrong at the oracle's rates, none repeated.
+
+        True descriptors name attributes in random order; when ``others`` (the classes to tell the species
+        apart from) are given, the attributes that differ from theirs come first.
+        """
+        keys = list(ATTRIBUTES)
+        rng.shuffle(keys)
+        if others:
+            keys.sort(key=lambda k: -sum(o.attributes[k] != species.attributes[k] for o in others))
+        generic = list(_GENERIC)
+        rng.shuffle(generic)
+        wrong_keys = list(_WRONG_KEYS)
+        rng.shuffle(wrong_keys)
+        items: list[Item] = []
+        for _ in range(rng.randint(5, 7)):
+            kind = self._kind(rng)
+            if kind == "generic" and generic:
+                items.append(Item(generic.pop(), "generic"))
+            elif kind == "wrong" and wrong_keys:
+                key = wrong_keys.pop()
+                value = rng.choice([v for v in _ATTRIBUTE_VALUES[key] if v != species.attributes[key]])
+                items.append(Item(rng.choice(_TRUE_PHRASES[key][value]), "wrong"))
+            elif keys:
+                key = keys.pop(0)
+                items.append(Item(rng.choice(_TRUE_PHRASES[key][species.attributes[key]]), "true"))
+        return items
+
+    def _sentence(self, species: Species, rng: random.Random) -> str:
+        """A CuPL-style description: one sentence with two statements about the species."""
+        first, second = self.descriptor_items(species, rng)[:2]
+        opener = rng.choice((f"The {species.name} is a {DOMAIN} that", f"A {species.name}",
+                             f"In photos, the {species.name}"))
+        return f"{opener} {_clause(first.text)} and {_clause(second.text)}."
+
+    def _synonyms(self, species: Species, rng: random.Random) -> str:
+        """A numbered list: the official name and the species' synonyms, each possibly followed by a generic
+        name (at ``generic_rate``) or a made-up wrong one (at ``wrong_rate``)."""
+        entries: list[str] = []
+        for name in (species.name, *species.synonyms):
+            entries.append(name)
+            kind = self._kind(rng)
+            if kind == "generic":
+                entries.append(rng.choice(_GENERIC_NAMES))
+            elif kind == "wrong":
+                entries.append(_make_words(rng, 1, set(self._taken))[0])
+        entries = list(dict.fromkeys(entries))
+        return "\n".join(f"{i}. {name}" for i, name in enumerate(entries, 1))
+
+    def _templates(self, rng: random.Random) -> str:
+        """Three new prompt templates in the world's rendering styles, as "- " lines; a wrong one lacks "{}"."""
+        phrases = sorted({p for options in _STYLE_PHRASES.values() for p in options})
+        lines = []
+        for phrase in rng.sample(phrases, 3):
+            kind = self._kind(rng)
+            lines.append(f"{phrase} a {DOMAIN}." if kind == "wrong" else f"{phrase} a {{}}.")
+        return "\n".join(f"- {line}" for line in lines)
+
+    # -- checking generated descriptors ----------------------------------------------------------------
+
+    def judge_descriptor(self, classname: str, descriptor: str) -> str:
+        """Whether ``descriptor`` of ``classname`` is ``true``, ``generic``, ``wrong`` or ``unknown`` (a phrase
+        the oracle never writes), by the world's ground truth."""
+        return judge_descriptor(self._by_name[classname], descriptor)
+
+
+def judge_descriptor(species: Species, descriptor: str) -> str:
+    """Whether ``descriptor`` is ``true`` of ``species``, ``generic`` (true of every species), ``wrong`` (an
+    attribute value it does not have) or ``unknown`` (not a toy-world descriptor phrase)."""
+    d = _normal(descriptor)
+    if d in {_normal(g) for g in _GENERIC}:
+        return "generic"
+    for key, by_value in _TRUE_PHRASES.items():
+        for value, phrases in by_value.items():
+            if d in {_normal(p) for p in phrases}:
+                return "true" if species.attributes[key] == value else "wrong"
+    return "unknown"
+
+
+# -- the chat-completions server ---------------------------------------------------------------------------
+
+def _message_text(content: Any) -> str:
+    """The text of a chat message's content: a string, or a list of parts with ``text``."""
+    if isinstance(content, list):
+        return "\n".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return str(content)
+
+
+class OracleServer(ThreadingHTTPServer):
+    """A chat-completions server (``POST /v1/chat/completions``, ``GET /v1/models``) answering with ``oracle``."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], oracle: Oracle) -> None:
+        super().__init__(address, _OracleHandler)
+        self.oracle = oracle
+
+    @property
+    def url(self) -> str:
+        """The base URL to give a client (ending in ``/v1``)."""
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+
+class _OracleHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: OracleServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("oracle: " + format, *args)
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, message: str) -> None:
+        self._send(status, {"error": {"message": message, "type": "invalid_request_error"}})
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") != "/v1/models":
+            self._error(404, f"no route {self.path}")
+            return
+        self._send(200, {"object": "list", "data": [{"id": MODEL_NAME, "object": "model", "created": 0,
+                                                      "owned_by": "zsclip"}]})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        raw = self.rfile.read(length)
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            self._error(404, f"no route {self.path}")
+            return
+        try:
+            body = json.loads(raw or b"{}")
+            messages = body["messages"]
+            prompt = "\n".join(_message_text(m.get("content", "")) for m in messages if m.get("role") == "user")
+            seed = int(body.get("seed") or 0)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self._error(400, f"not a chat-completions request: {exc}")
+            return
+        text = self.server.oracle.answer(prompt, seed)
+        prompt_tokens = sum(len(_message_text(m.get("content", "")).split()) for m in messages)
+        completion_tokens = len(text.split())
+        self._send(200, {
+            "id": f"chatcmpl-oracle-{hashlib.blake2b(raw, digest_size=6).hexdigest()}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": str(body.get("model", MODEL_NAME)),
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
+
+
+def make_server(host: str = "127.0.0.1", port: int = 0, seed: int = DEFAULT_SEED,
+                generic_rate: float = DEFAULT_GENERIC_RATE, wrong_rate: float = DEFAULT_WRONG_RATE) -> OracleServer:
+    """An oracle server for the world of ``seed``, bound to ``host:port`` (0: any free port), not yet serving."""
+    return OracleServer((host, port), Oracle(build_world(seed), generic_rate, wrong_rate))
+
+
+def serve(host: str = "127.0.0.1", port: int = 0, seed: int = DEFAULT_SEED, *,
+          generic_rate: float = DEFAULT_GENERIC_RATE, wrong_rate: float = DEFAULT_WRONG_RATE
+          ) -> tuple[OracleServer, str]:
+    """Start an oracle server in a background (daemon) thread; returns the server and its base URL.
+
+    Stop it with ``server.shutdown(); server.server_close()``.
+    """
+    server = make_server(host, port, seed, generic_rate, wrong_rate)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+                     name="zsclip-oracle").start()
+    logger.info("oracle LLM stand-in serving on %s", server.url)
+    return server, server.url
+
+
+def llm_serve(
+    port: Annotated[int, typer.Option(help="Loopback port to listen on (0: any free port).")] = 8000,
+    seed: Annotated[int, typer.Option(help="World seed: the species the oracle knows.")] = DEFAULT_SEED,
+    generic_rate: Annotated[float, typer.Option(
+        help="Share of answer items that are generic (true of any creature).")] = DEFAULT_GENERIC_RATE,
+    wrong_rate: Annotated[float, typer.Option(
+        help="Share of answer items that are wrong (hallucinated).")] = DEFAULT_WRONG_RATE,
+) -> None:
+    """Serve the toy world's oracle (a scripted LLM stand-in, not a model) on 127.0.0.1 until interrupted."""
+    from rich.console import Console
+
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        server = make_server("127.0.0.1", port, seed, generic_rate, wrong_rate)
+    except (OSError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"oracle LLM stand-in (world seed {seed}, generic {generic_rate:g}, wrong {wrong_rate:g}) at "
+                  f"{server.url}\ntry: zsclip describe --dataset toyworld --llm {MODEL_NAME} --base-url {server.url}"
+                  "\nCtrl-C stops it", highlight=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        server.server_close()
