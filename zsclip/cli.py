@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import ZsclipError
+from .generate_cli import describe, synonyms
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Zero-shot image classification with CLIP-family models.")
@@ -318,16 +319,11 @@ def store_info(path: Annotated[Path, typer.Argument(help="Image store folder.")]
     _run(go)
 
 
-def _mount_world() -> None:
-    try:
-        from .world.cli import app as world_app
-    except ImportError:  # the world package is optional in a trimmed install
-        return
-    app.add_typer(world_app, name="world", help="The built-in offline toy world.")
+app.command("describe")(describe)
+app.command("synonyms")(synonyms)
 
 
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    _mount_world()
     app()
