@@ -242,12 +242,12 @@ def train(table: pa.Table, out_dir: str | Path, model_dir: str | Path, cfg: Trai
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         step += 1
-        loss_value = float(loss)
+        loss_value = loss.detach().item()
         if progress:
             progress(step, cfg.steps, loss_value)
         if step % 50 == 0 or step == cfg.steps:
             log.info("step %d/%d loss %.3f logit scale %.1f (%.0f s)", step, cfg.steps, loss_value,
-                     float(model.logit_scale.exp()), time.monotonic() - start)
+                     model.logit_scale.detach().exp().item(), time.monotonic() - start)
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
             with atomic_path(ckpt_path, suffix=".pt") as tmp:
                 torch.save({"identity": identity, "model": model.state_dict(),
