@@ -13,7 +13,8 @@ or piece by piece: ``get_dataset`` → ``load_model`` → ``ImageStore.build`` �
 from ._version import __version__
 from .datasets import Dataset, Sample, get_dataset, list_datasets, register_dataset
 from .errors import DatasetError, DescriptorFileError, StoreMismatchError, WeightsNotFoundError, ZsclipError
-from .methods import ClassNamePrompts, DescriptorPrompts, get_method
+from .llm import BudgetExceeded, LLMClient, LLMError
+from .methods import ClassNamePrompts, CuplPrompts, DescriptorPrompts, WafflePrompts, get_method
 from .models import Encoder, load_model
 from .pipeline import ClassificationRun, ZeroShotClassifier, classify
 from .prompts import PromptSet, descriptor_phrase, load_templates, read_descriptor_file
@@ -22,9 +23,10 @@ from .stores import ImageStore, TextEmbeddingCache
 
 __all__ = [
     "__version__",
-    "ClassNamePrompts", "ClassificationRun", "Dataset", "DatasetError", "DescriptorFileError", "DescriptorPrompts",
-    "Encoder", "Explanation", "ImageStore", "PromptSet", "Sample", "Scorer", "StoreMismatchError",
-    "TextEmbeddingCache", "WeightsNotFoundError", "ZeroShotClassifier", "ZsclipError",
+    "BudgetExceeded", "ClassNamePrompts", "ClassificationRun", "CuplPrompts", "Dataset", "DatasetError",
+    "DescriptorFileError", "DescriptorPrompts", "Encoder", "Explanation", "ImageStore", "LLMClient", "LLMError",
+    "PromptSet", "Sample", "Scorer", "StoreMismatchError", "TextEmbeddingCache", "WafflePrompts",
+    "WeightsNotFoundError", "ZeroShotClassifier", "ZsclipError",
     "classify", "descriptor_phrase", "evaluate", "get_dataset", "get_method", "list_datasets", "load_model",
     "load_templates", "read_descriptor_file", "register_dataset",
 ]

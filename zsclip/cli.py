@@ -18,6 +18,7 @@ from rich.table import Table
 
 from .errors import ZsclipError
 from .generate_cli import describe, synonyms
+from .world.cli import app as world_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Zero-shot image classification with CLIP-family models.")
@@ -321,6 +322,7 @@ def store_info(path: Annotated[Path, typer.Argument(help="Image store folder.")]
 
 app.command("describe")(describe)
 app.command("synonyms")(synonyms)
+app.add_typer(world_app, name="world", help="The built-in offline toy world: generate, train, table, llm-serve.")
 
 
 def main() -> None:

@@ -356,6 +356,8 @@ def dataset_card(world: World) -> dict[str, Any]:
         "style": EVAL_STYLE,
         "world_seed": world.seed,
         "domain_words": ["creature", "creatures", "animal"],
+        "model": "toyworld",
+        "descriptors": "toyworld/descriptors.json",
         "templates": [
             "a photo of a {}.",
             "a sketch of a {}.",

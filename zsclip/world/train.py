@@ -25,14 +25,16 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from .._io import atomic_path
 from .render import IMAGE_SIZE, render
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,8 @@ def _batch_order(n: int, cfg: TrainConfig) -> np.ndarray:
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    import torch
+
     mean = torch.tensor(PREPROCESS_CFG["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(PREPROCESS_CFG["std"]).view(1, 3, 1, 1)
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
@@ -151,6 +155,7 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 def build_model(seed: int) -> torch.nn.Module:
     """A freshly initialised open_clip ``CLIP`` with ``MODEL_CFG`` (the same class open_clip's factory builds)."""
     import open_clip
+    import torch
 
     torch.manual_seed(seed)
     return open_clip.model.CLIP(**MODEL_CFG, output_dict=True)
@@ -162,6 +167,7 @@ def save_model_dir(model: torch.nn.Module, target: str | Path, provenance: dict[
     The folder is assembled under a temporary name beside ``target`` and renamed into place; an existing
     folder is replaced only once the new one is complete.
     """
+    import torch
     from safetensors.torch import save_file
 
     target = Path(target)
@@ -199,6 +205,7 @@ def train(table: pa.Table, out_dir: str | Path, model_dir: str | Path, cfg: Trai
     summary (steps, final loss, seconds, corpus fingerprint).
     """
     import open_clip
+    import torch
 
     torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
