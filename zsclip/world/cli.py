@@ -27,7 +27,7 @@ from .train import TrainConfig, train
 app = typer.Typer(help="The toy world: a procedural image world, its caption corpus and a tiny CLIP.",
                   no_args_is_help=True)
 err = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)
 
 CORPUS_NAME = "corpus.parquet"
 
