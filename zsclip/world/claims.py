@@ -45,6 +45,7 @@ DEFAULT_ROWS = (
     Row("class names, template ensemble", "classnames", {"templates": "ensemble"}),
     Row("descriptions (CbD)", "descriptions", {}),
     Row("descriptions (CbD), ground-truth attributes", "descriptions", {"descriptors": "attributes"}),
+    Row("CuPL sentences (oracle LLM stand-in), renormalised mean", "cupl", {}),
     Row("random descriptors (WaffleCLIP), 7 seeds", "waffle", {}),
     Row("random + 1/3 real descriptors (WaffleCLIP mixed), 7 seeds", "waffle", {"mixed": True}),
 )

@@ -358,6 +358,7 @@ def dataset_card(world: World) -> dict[str, Any]:
         "domain_words": ["creature", "creatures", "animal"],
         "model": "toyworld",
         "descriptors": "toyworld/descriptors.json",
+        "cupl": "toyworld/descriptors_cupl_oracle.json",
         "templates": [
             "a photo of a {}.",
             "a sketch of a {}.",
