@@ -69,7 +69,9 @@ def _method_options(method: str, *, templates: str | None = None, descriptors: s
                     aggregation: Aggregation | None = None, before: str | None = None, after: str | None = None,
                     published_quirk: bool = False, attribute_threshold: float | None = None,
                     count: int | None = None, words: int | None = None, seeds: int | None = None,
-                    mixed: bool = False) -> dict[str, Any]:
+                    mixed: bool = False, dds_k: int | None = None, dds_m: int | None = None,
+                    dds_n: int | None = None, dds_form: str | None = None,
+                    dds_weight: float | None = None) -> dict[str, Any]:
     """The CLI options that apply to ``method``, as its constructor's keyword arguments."""
     if method == "classnames":
         return {"templates": templates}
@@ -83,6 +85,9 @@ def _method_options(method: str, *, templates: str | None = None, descriptors: s
                 "after": after}
     if method == "cupl":
         return {"sentences": descriptors}
+    if method == "dds":
+        return {"descriptors": descriptors, "k": dds_k, "m": dds_m, "n": dds_n, "form": dds_form,
+                "weight": dds_weight, "aggregation": aggregation.value if aggregation else None}
     return {}
 
 
@@ -110,7 +115,8 @@ def _print_metrics(record: dict[str, Any]) -> None:
 def classify(
     dataset: DatasetOpt,
     method: Annotated[str, typer.Option(
-        "--method", "-m", help="classnames, descriptions (CbD), waffle (random descriptors) or cupl.")] = "classnames",
+        "--method", "-m", help="classnames, descriptions (CbD), waffle (random descriptors), cupl or dds.")
+    ] = "classnames",
     dataset_root: RootOpt = None,
     split: SplitOpt = None,
     model: ModelOpt = None,
@@ -118,10 +124,11 @@ def classify(
     templates: Annotated[str | None, typer.Option(
         "--templates", help="classnames: simple, ensemble, openai-imagenet, a file, or a literal with {}.")] = None,
     descriptors: Annotated[str | None, typer.Option(
-        "--descriptors", help="descriptions/waffle: a CbD/CuPL/DDS JSON file, or 'attributes' (dataset "
+        "--descriptors", help="descriptions/waffle/dds: a CbD/CuPL/DDS JSON file, or 'attributes' (dataset "
         "annotations); cupl: the sentence file. Default: the dataset card's file.")] = None,
     aggregation: Annotated[Aggregation | None, typer.Option(
-        "--aggregation", help="descriptions: mean (CbD), max or sum of the descriptor cosines.")] = None,
+        "--aggregation", help="descriptions: mean (CbD), max or sum of the descriptor cosines; dds classname "
+        "form: mean or max.")] = None,
     before: Annotated[str | None, typer.Option("--before", help="descriptions: text before each prompt.")] = None,
     after: Annotated[str | None, typer.Option("--after", help="descriptions: text after each prompt.")] = None,
     published_quirk: Annotated[bool, typer.Option(
@@ -132,6 +139,13 @@ def classify(
     words: Annotated[int | None, typer.Option("--words", help="waffle: words per random descriptor (2).")] = None,
     seeds: Annotated[int | None, typer.Option("--seeds", help="waffle: number of seeds, mean ± std (7).")] = None,
     mixed: Annotated[bool, typer.Option("--mixed", help="waffle: 1/3 real descriptors, 2/3 random.")] = False,
+    dds_k: Annotated[int | None, typer.Option("--dds-k", help="dds: neighbourhood size k (3).")] = None,
+    dds_m: Annotated[int | None, typer.Option("--dds-m", help="dds: descriptions per candidate m (5).")] = None,
+    dds_n: Annotated[int | None, typer.Option("--dds-n", help="dds: selection images per class (1000).")] = None,
+    dds_form: Annotated[str | None, typer.Option(
+        "--dds-form", help="dds: classname-free (default) or classname.")] = None,
+    dds_weight: Annotated[float | None, typer.Option(
+        "--dds-weight", help="dds classname-free: class-name weight w (default: chosen on the val split).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON record here.")] = None,
     predictions: Annotated[Path | None, typer.Option(
         "--predictions", help="Write per-image predictions and top-5 scores (parquet) here.")] = None,
@@ -150,7 +164,8 @@ def classify(
         opts = _method_options(method, templates=templates, descriptors=descriptors, aggregation=aggregation,
                                before=before, after=after, published_quirk=published_quirk,
                                attribute_threshold=attribute_threshold, count=count, words=words, seeds=seeds,
-                               mixed=mixed)
+                               mixed=mixed, dds_k=dds_k, dds_m=dds_m, dds_n=dds_n, dds_form=dds_form,
+                               dds_weight=dds_weight)
         run = run_classify(dataset, method, dataset_root=dataset_root, split=split, model=model,
                            pretrained=pretrained, device=device, precision=precision, store=store,
                            batch_size=batch_size, workers=workers, method_options=opts)

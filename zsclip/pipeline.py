@@ -72,7 +72,7 @@ class ClassificationRun:
     split: str
     encoder: Encoder
     store: ImageStore
-    classifier: ZeroShotClassifier  # of the first seed, for randomised methods
+    classifier: Any  # ZeroShotClassifier (of the first seed, for randomised methods) or a fitted DDS
     seed_scores: list[np.ndarray]  # N × C scores per seed (one entry for deterministic methods)
     metrics: dict[str, Any]
     record: dict[str, Any]
@@ -163,13 +163,22 @@ def classify(dataset: str | Dataset, method: str = "classnames", *, dataset_root
     image_store = ImageStore.build(ds, split, encoder, store, dtype=store_dtype, index=index,
                                    batch_size=batch_size, workers=workers)
     method_obj = get_method(method, **(method_options or {}))
-    seeds = getattr(method_obj, "seeds", None)
-    prompt_sets = [method_obj.build(ds, seed=s) for s in seeds] if seeds else [method_obj.build(ds)]
-    classifiers = [ZeroShotClassifier(ps, encoder) for ps in prompt_sets]
-    seed_scores = [clf.scores(image_store.embeddings) for clf in classifiers]
+    cache = TextEmbeddingCache(encoder)
+    truncated = 0
+    if hasattr(method_obj, "fit"):  # per-image methods (DDS) fit on the training/validation splits
+        clf: Any = method_obj.fit(ds, encoder, cache, {"dtype": store_dtype, "index": index,
+                                                      "batch_size": batch_size, "workers": workers})
+        seed_scores = [clf.scores(image_store.embeddings)]
+        options = dict(method_obj.options)
+    else:
+        seeds = getattr(method_obj, "seeds", None)
+        prompt_sets = [method_obj.build(ds, seed=s) for s in seeds] if seeds else [method_obj.build(ds)]
+        classifiers = [ZeroShotClassifier(ps, encoder, cache) for ps in prompt_sets]
+        seed_scores = [c.scores(image_store.embeddings) for c in classifiers]
+        clf = classifiers[0]
+        options = {k: v for k, v in prompt_sets[0].options.items() if k != "seed"}
+        truncated = sum(len(c.truncated) for c in classifiers)
     metrics = aggregate_metrics([evaluate(sc, image_store.labels, ds.classnames) for sc in seed_scores])
-    prompt_set, clf = prompt_sets[0], classifiers[0]
-    options = {k: v for k, v in prompt_set.options.items() if k != "seed"}
     record = {
         "dataset": ds.name,
         "dataset_root": str(ds.root) if ds.root else None,
@@ -184,9 +193,9 @@ def classify(dataset: str | Dataset, method: str = "classnames", *, dataset_root
             "images": len(image_store),
             "images_encoded": image_store.build_stats.images_encoded,
             "images_skipped": image_store.build_stats.images_skipped,
-            "texts": sum(len(ps.texts) for ps in prompt_sets),
-            "texts_encoded": sum(c.texts_encoded for c in classifiers),
-            "texts_truncated": sum(len(c.truncated) for c in classifiers),
+            "texts": cache.texts_requested,
+            "texts_encoded": cache.texts_encoded,
+            "texts_truncated": truncated,
         },
         "store": str(image_store.path),
         "zsclip_version": __version__,

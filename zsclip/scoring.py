@@ -114,7 +114,7 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, classnames: Sequence[str]) 
 class ExplanationRow:
     """One text's contribution to one class's score for one image."""
 
-    role: str  # predicted, true, runner-up
+    role: str  # predicted, true, runner-up (DDS: also candidate)
     classname: str
     class_score: float
     label: str  # the descriptor (or template) as written
@@ -145,11 +145,10 @@ class Explanation:
         lines = [self.summary()]
         if self.true is not None:
             lines.append(f"true class: {self.true}" + (" (correct)" if self.true == self.predicted else ""))
-        for role in ("predicted", "true", "runner-up"):
-            rows = [r for r in self.rows if r.role == role]
-            if not rows:
-                continue
-            lines.append(f"{role}: {rows[0].classname} (score {rows[0].class_score:.4f})")
+        groups = list(dict.fromkeys((r.role, r.classname) for r in self.rows))
+        for role, name in groups:
+            rows = [r for r in self.rows if (r.role, r.classname) == (role, name)]
+            lines.append(f"{role}: {name} (score {rows[0].class_score:.4f})")
             lines += [f"  {r.similarity:+.4f}  {r.label}" for r in rows]
         return "\n".join(lines)
 

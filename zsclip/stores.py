@@ -286,7 +286,8 @@ class TextEmbeddingCache:
     """Text embeddings of one model, keyed by the exact text: a text is encoded once, ever.
 
     Backed by ``CACHE/text-cache/<fingerprint>.sqlite`` (or ``path``). ``encode`` returns the embeddings of
-    all given texts, encoding only those not yet stored; ``texts_encoded`` counts what this object encoded.
+    all given texts, encoding only those not yet stored; ``texts_encoded`` counts what this object encoded and
+    ``texts_requested`` the distinct texts asked for per call.
     """
 
     def __init__(self, encoder: Encoder, path: str | Path | None = None) -> None:
@@ -294,6 +295,7 @@ class TextEmbeddingCache:
         self.path = Path(path) if path else cache_root() / "text-cache" / f"{encoder.fingerprint}.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.texts_encoded = 0
+        self.texts_requested = 0
         with self._connect() as db:
             db.execute("CREATE TABLE IF NOT EXISTS emb (text TEXT PRIMARY KEY, vec BLOB NOT NULL)")
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -330,7 +332,9 @@ class TextEmbeddingCache:
     def encode(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Embeddings (``len(texts) × D`` float32, normalised) of ``texts``, encoding only the missing ones."""
         found = self.lookup(texts)
-        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        unique = list(dict.fromkeys(texts))
+        self.texts_requested += len(unique)
+        missing = [t for t in unique if t not in found]
         if missing:
             with progress_bar("encoding texts", total=len(missing)) as advance, self._connect() as db:
                 for start in range(0, len(missing), batch_size):

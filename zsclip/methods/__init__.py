@@ -2,7 +2,9 @@
 
 A method is a class with explicit constructor options and ``build(dataset) -> PromptSet``; a randomised
 method also has ``seeds`` and ``build(dataset, seed=...)``, and ``classify`` reports mean ± std over the
-seeds. The registry maps the names the CLI accepts (``--method NAME``) to those classes.
+seeds. A per-image method (DDS) instead has ``fit(dataset, encoder, cache, store_options)``
+returning a classifier with ``scores`` and ``explain``. The registry maps the names the CLI accepts
+(``--method NAME``) to those classes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 from ..errors import ZsclipError
 from .classnames import ClassNamePrompts
 from .cupl import CuplPrompts
+from .dds import DDS
 from .descriptions import DescriptorPrompts
 from .waffle import WafflePrompts
 
@@ -20,6 +23,7 @@ METHODS: dict[str, type] = {
     "descriptions": DescriptorPrompts,
     "waffle": WafflePrompts,
     "cupl": CuplPrompts,
+    "dds": DDS,
 }
 
 
@@ -30,4 +34,4 @@ def get_method(name: str, **options: Any) -> Any:
     return METHODS[name](**{k: v for k, v in options.items() if v is not None})
 
 
-__all__ = ["METHODS", "ClassNamePrompts", "CuplPrompts", "DescriptorPrompts", "WafflePrompts", "get_method"]
+__all__ = ["DDS", "METHODS", "ClassNamePrompts", "CuplPrompts", "DescriptorPrompts", "WafflePrompts", "get_method"]

@@ -1,0 +1,106 @@
+"""DDS (METHODS.md §3): the vectorised selection against a direct per-image loop, fitting rules, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fixtures_data import make_cub_folder
+from typer.testing import CliRunner
+
+from zsclip.cli import app
+from zsclip.datasets import get_dataset
+from zsclip.errors import ZsclipError
+from zsclip.methods.dds import DDS, DDSClassifier, DescriptionPool, select
+
+
+def naive_select(S, hood, own, m):
+    """METHODS.md §3 step 4, written as a loop over candidates and descriptions."""
+    out = []
+    for c in hood:
+        keep = [d for d in range(S.shape[0]) if all(S[d, c] >= S[d, j] for j in hood)]
+        ranked = sorted(keep, key=lambda d: -sum(S[d, c] - S[d, j] for j in hood) / len(hood))
+        out.append(ranked[:m] if ranked else list(own[c][:m]))
+    return out
+
+
+def test_selection_matches_the_direct_loop():
+    rng = np.random.default_rng(0)
+    pool, classes, k, m = 40, 12, 3, 5
+    S = rng.normal(size=(pool, classes)).astype(np.float32)
+    S[:, 7] = -5  # class 7 never wins a description: it falls back to its own first m
+    own = [tuple(rng.choice(pool, size=4, replace=False)) for _ in range(classes)]
+    own_first = np.full((classes, m), -1)
+    own_count = np.zeros(classes, dtype=int)
+    for c, ids in enumerate(own):
+        own_first[c, : len(ids)] = ids
+        own_count[c] = len(ids)
+    hoods = np.array([rng.choice(classes, size=k, replace=False) for _ in range(30)] + [[7, 1, 2]])
+    chosen, counts = select(S, hoods, own_first, own_count, m)
+    for i, hood in enumerate(hoods):
+        expected = naive_select(S, hood, own, m)
+        for a in range(k):
+            got = [int(d) for d in chosen[i, a] if d >= 0]
+            assert got == expected[a], (i, a)
+            assert counts[i, a] == len(expected[a])
+    assert [int(d) for d in chosen[-1, 0] if d >= 0] == list(own[7])
+
+
+def _classifier(rng, form="classname-free", weight=1.0):
+    classes, pool, dim = 6, 15, 8
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    pool_emb = unit(rng.normal(size=(pool, dim))).astype(np.float32)
+    means = unit(rng.normal(size=(classes, dim))).astype(np.float32)
+    names = unit(rng.normal(size=(classes, dim))).astype(np.float32)
+    own = [[f"d{j}" for j in range(c, pool, classes)] for c in range(classes)]
+    desc_pool = DescriptionPool.from_lists(own)
+    order = [int(t[1:]) for t in desc_pool.texts]
+    pool_emb = pool_emb[order]
+    clf = DDSClassifier(classnames=[f"c{i}" for i in range(classes)], pool=desc_pool, S=pool_emb @ means.T,
+                        name_emb=names, pool_emb=pool_emb, k=3, m=2, form=form, aggregation="mean", weight=weight,
+                        template="a photo of a {}.", cache=None)
+    return clf, unit(rng.normal(size=(20, dim))).astype(np.float32)
+
+
+def test_classname_free_scores_match_the_formula():
+    rng = np.random.default_rng(1)
+    clf, images = _classifier(rng, weight=0.5)
+    scores = clf.scores(images)
+    hoods, chosen, counts = clf.selections(images)
+    for i, v in enumerate(images):
+        name_scores = clf.name_emb @ v
+        assert set(np.argsort(-name_scores)[:3]) == set(hoods[i])
+        for a, c in enumerate(hoods[i]):
+            picked = [d for d in chosen[i, a] if d >= 0]
+            expected = 0.5 * name_scores[c] + np.mean(clf.pool_emb[picked] @ v)
+            assert scores[i, c] == pytest.approx(expected + 10.0, abs=1e-5)
+        outside = [c for c in range(6) if c not in hoods[i]]
+        np.testing.assert_allclose(scores[i, outside], name_scores[outside], atol=1e-6)
+        assert scores[i].argmax() in hoods[i]
+
+
+def test_dds_refuses_the_test_split(tmp_path, tiny_encoder):
+    ds = get_dataset("cub", make_cub_folder(tmp_path, n_classes=3))
+    with pytest.raises(ZsclipError, match="never selects or tunes on the test split"):
+        DDS(descriptors="attributes", selection_split="test").fit(ds, tiny_encoder)
+    with pytest.raises(ZsclipError, match="no 'val' split"):
+        DDS(descriptors="attributes").fit(ds, tiny_encoder)
+
+
+def test_dds_from_the_cli_records_its_splits(tmp_path, tiny_model):
+    root = make_cub_folder(tmp_path / "cub", n_classes=5, images_per_class=6)
+    desc = tmp_path / "d.json"
+    names = get_dataset("cub", root).classnames
+    desc.write_text(json.dumps({n: [f"feature {i}", f"shared {i % 2}", "a bird"] for i, n in enumerate(names)}))
+    out = tmp_path / "dds.json"
+    args = ["classify", "-d", "cub", "--dataset-root", str(root), "-m", "dds", "--descriptors", str(desc),
+            "--model", tiny_model["name"], "--pretrained", str(tiny_model["checkpoint"]), "--device", "cpu",
+            "--dds-weight", "1", "--dds-k", "3", "--dds-m", "2", "-o", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    options = json.loads(out.read_text())["options"]
+    assert options["selection_split"] == "train" and options["k"] == 3 and options["m"] == 2
+    assert options["pool_size"] == 5 + 2 + 1 and options["n_per_class"] == 3 and options["weight"] == 1.0
+    res = CliRunner().invoke(app, [*args[:-2], "--dds-form", "classname", "--aggregation", "max"])
+    assert res.exit_code == 0, res.output
