@@ -25,26 +25,32 @@ def naive_select(S, hood, own, m):
     return out
 
 
-def test_selection_matches_the_direct_loop():
+@pytest.mark.parametrize("pool", [40, 300])
+def test_selection_matches_the_direct_loop(pool):
     rng = np.random.default_rng(0)
-    pool, classes, k, m = 40, 12, 3, 5
+    classes, k, m = 12, 3, 5
     S = rng.normal(size=(pool, classes)).astype(np.float32)
     S[:, 7] = -5  # class 7 never wins a description: it falls back to its own first m
+    # class 3 wins only descriptions 0-19, by a hair: none is in the short list of the best-ranked ones
+    S[:, 3] = -5
+    S[:20, 1] = S[:20, 0]
+    S[:20, 3] = S[:20, 0] + 1e-3
     own = [tuple(rng.choice(pool, size=4, replace=False)) for _ in range(classes)]
     own_first = np.full((classes, m), -1)
     own_count = np.zeros(classes, dtype=int)
     for c, ids in enumerate(own):
         own_first[c, : len(ids)] = ids
         own_count[c] = len(ids)
-    hoods = np.array([rng.choice(classes, size=k, replace=False) for _ in range(30)] + [[7, 1, 2]])
-    chosen, counts = select(S, hoods, own_first, own_count, m)
+    hoods = np.array([rng.choice(classes, size=k, replace=False) for _ in range(30)] + [[7, 1, 2], [3, 0, 1]])
+    chosen, counts = select(np.ascontiguousarray(S.T), hoods, own_first, own_count, m)
     for i, hood in enumerate(hoods):
         expected = naive_select(S, hood, own, m)
         for a in range(k):
             got = [int(d) for d in chosen[i, a] if d >= 0]
             assert got == expected[a], (i, a)
             assert counts[i, a] == len(expected[a])
-    assert [int(d) for d in chosen[-1, 0] if d >= 0] == list(own[7])
+    assert [int(d) for d in chosen[-2, 0] if d >= 0] == list(own[7])
+    assert counts[-1, 0] == 5 and all(d < 20 for d in chosen[-1, 0])
 
 
 def _classifier(rng, form="classname-free", weight=1.0):

@@ -74,12 +74,18 @@ def selection_means(store: ImageStore, num_classes: int, n: int) -> tuple[np.nda
     return emb.reshape(num_classes, n, -1).mean(axis=1), n
 
 
-def select(S: np.ndarray, neighbourhoods: np.ndarray, own_first: np.ndarray, own_count: np.ndarray,
+def select(S_T: np.ndarray, neighbourhoods: np.ndarray, own_first: np.ndarray, own_count: np.ndarray,
            m: int) -> tuple[np.ndarray, np.ndarray]:
     """DDS step 4 for a block of images.
 
+    Each description favours the candidate where its ``S`` is largest, with rank ``max − mean`` over the
+    neighbourhood, which equals ``(1/k) Σ_j (S[d, c] − S[d, j])`` for the favoured ``c``. The top ``m`` per
+    candidate are found among the block's best-ranked ``8·k·m`` descriptions; rows where that short list
+    holds fewer than ``m`` for a candidate that has more are redone over the whole pool, so the result is
+    exact.
+
     Args:
-        S: ``|P| × C`` selection matrix.
+        S_T: ``C × |P|`` transposed selection matrix (C-contiguous, so a class's row is one gather).
         neighbourhoods: ``B × k`` class indices.
         own_first: ``C × m`` each class's own first ``m`` pool indices (padded with -1).
         own_count: ``C`` how many of those are real.
@@ -88,23 +94,40 @@ def select(S: np.ndarray, neighbourhoods: np.ndarray, own_first: np.ndarray, own
     Returns:
         ``B × k × m`` pool indices (-1 = unused slot) and ``B × k`` counts of used slots.
     """
+    import torch
+
     b, k = neighbourhoods.shape
-    s_n = S.T[neighbourhoods]  # B × k × |P|
-    best = s_n.argmax(axis=1)  # which candidate each description favours (ties: the first)
-    rank = s_n.max(axis=1) - s_n.mean(axis=1)  # (1/k) Σ_j (S[d, c] − S[d, j]) for the favoured c
+    s_n = torch.from_numpy(S_T[neighbourhoods])  # B × k × |P|
+    best_val, best, total = s_n[:, 0].clone(), torch.zeros(s_n.shape[::2], dtype=torch.uint8), s_n[:, 0].clone()
+    for a in range(1, k):  # running max / first argmax / sum over the k candidates
+        row = s_n[:, a]
+        better = row > best_val
+        best_val = torch.where(better, row, best_val)
+        best.masked_fill_(better, a)
+        total += row
+    rank = best_val - total / k
+    pool = S_T.shape[1]
+    short = min(pool, 8 * k * m)
+    vals, idx = rank.topk(short, dim=1)  # best first
+    group = best.gather(1, idx)
+    qualified_all = torch.bincount((best.to(torch.int64) + k * torch.arange(b)[:, None]).ravel(),
+                                   minlength=b * k).view(b, k).numpy()  # descriptions favouring each candidate
     chosen = np.full((b, k, m), -1, dtype=np.int64)
     counts = np.zeros((b, k), dtype=np.int64)
-    pool = S.shape[0]
-    mm = min(m, pool)
     for a in range(k):
-        masked = np.where(best == a, rank, -np.inf)
-        top = np.argpartition(-masked, mm - 1, axis=1)[:, :mm] if mm < pool else np.tile(np.arange(pool), (b, 1))
-        top_vals = np.take_along_axis(masked, top, axis=1)
-        order = np.argsort(-top_vals, axis=1, kind="stable")
-        top, top_vals = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_vals, order, axis=1)
-        valid = np.isfinite(top_vals)
-        counts[:, a] = valid.sum(axis=1)
-        chosen[:, a, :mm] = np.where(valid, top, -1)
+        mine = group == a
+        slot = mine.cumsum(dim=1) - 1
+        take = mine & (slot < m)
+        buf = torch.full((b, m + 1), -1, dtype=torch.int64)
+        buf.scatter_(1, torch.where(take, slot, m), torch.where(take, idx, -1))
+        chosen[:, a, :] = buf[:, :m].numpy()
+        counts[:, a] = take.sum(dim=1).numpy()
+        redo = np.flatnonzero((counts[:, a] < m) & (qualified_all[:, a] > counts[:, a]))
+        if len(redo):  # the short list missed some of this candidate's descriptions: use the whole pool
+            top_vals, top = torch.where(best[redo] == a, rank[redo], -torch.inf).topk(min(m, pool), dim=1)
+            ok = torch.isfinite(top_vals).numpy()
+            chosen[redo, a, : top.shape[1]] = np.where(ok, top.numpy(), -1)
+            counts[redo, a] = ok.sum(axis=1)
         none = counts[:, a] == 0  # fallback: the class's own first m
         if none.any():
             cls = neighbourhoods[none, a]
@@ -121,7 +144,7 @@ class DDSClassifier:
                  template: str, cache: TextEmbeddingCache, chunk_size: int = 1024) -> None:
         self.classnames = tuple(classnames)
         self.pool = pool
-        self.S = S
+        self.S_T = np.ascontiguousarray(S.T, dtype=np.float32)  # C × |P|
         self.name_emb = name_emb
         self.pool_emb = pool_emb
         self.k = min(k, len(classnames))
@@ -156,7 +179,7 @@ class DDSClassifier:
         _, hoods = self.neighbourhoods(image_embeddings)
         chosen, counts = [], []
         for start in range(0, len(hoods), self.chunk_size):
-            ch, co = select(self.S, hoods[start : start + self.chunk_size], self._own_first, self._own_count, self.m)
+            ch, co = select(self.S_T, hoods[start : start + self.chunk_size], self._own_first, self._own_count, self.m)
             chosen.append(ch)
             counts.append(co)
         return hoods, np.concatenate(chosen), np.concatenate(counts)
@@ -166,8 +189,7 @@ class DDSClassifier:
         """``B × k`` scores of the candidates from their selected descriptions."""
         used = chosen >= 0
         if self.form == "classname-free":
-            sims = v @ self.pool_emb.T  # B × |P|
-            picked = np.take_along_axis(sims[:, None, :], np.where(used, chosen, 0), axis=2)
+            picked = np.einsum("bkmd,bd->bkm", self.pool_emb[np.where(used, chosen, 0)], v)
             desc_mean = np.where(used, picked, 0).sum(axis=2) / np.maximum(counts, 1)
             return self.weight * np.take_along_axis(names, hoods, axis=1) + desc_mean
         pool_size = len(self.pool.texts)
@@ -188,7 +210,7 @@ class DDSClassifier:
         out = names.copy()
         for start in range(0, len(v_all), self.chunk_size):
             sl = slice(start, start + self.chunk_size)
-            chosen, counts = select(self.S, hoods[sl], self._own_first, self._own_count, self.m)
+            chosen, counts = select(self.S_T, hoods[sl], self._own_first, self._own_count, self.m)
             cand = self._candidate_scores(v_all[sl], names[sl], hoods[sl], chosen, counts)
             np.put_along_axis(out[sl], hoods[sl], cand + _NEIGHBOURHOOD_OFFSET, axis=1)
         return out
@@ -200,7 +222,7 @@ class DDSClassifier:
         """Each candidate class of the neighbourhood with the descriptions DDS selected for it."""
         v = np.asarray(image_embedding, dtype=np.float32).reshape(1, -1)
         names, hoods = self.neighbourhoods(v)
-        chosen, counts = select(self.S, hoods, self._own_first, self._own_count, self.m)
+        chosen, counts = select(self.S_T, hoods, self._own_first, self._own_count, self.m)
         cand = self._candidate_scores(v, names, hoods, chosen, counts)[0]
         order = [int(a) for a in np.argsort(-cand, kind="stable")]
         classes = [int(hoods[0, a]) for a in order]
