@@ -252,6 +252,65 @@ def embed(
     _run(go)
 
 
+@app.command("audit-descriptions")
+def audit_descriptions_cmd(
+    dataset: DatasetOpt,
+    descriptors: Annotated[str | None, typer.Option(
+        "--descriptors", help="Descriptor file (default: the dataset card's), or 'attributes'.")] = None,
+    dataset_root: RootOpt = None,
+    split: Annotated[str, typer.Option("--split", help="Held-out split the audit reports on.")] = "test",
+    val_split: Annotated[str, typer.Option("--val-split", help="Split the class-name weight w is chosen on.")]
+    = "val",
+    selection_split: Annotated[str, typer.Option(
+        "--selection-split", help="Labelled split for per-description discriminativeness.")] = "train",
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds for reassignment and WaffleCLIP.")] = 5,
+    truth: Annotated[Path | None, typer.Option(
+        "--truth", help="Truth file {class: [{descriptor, kind}]} (default: X_truth.json beside X.json).")] = None,
+    oracle: Annotated[bool, typer.Option(
+        "--oracle", help="Also report w chosen on the held-out split itself (an oracle, labelled so).")] = False,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = "auto",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON record here.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write the discriminativeness plot (PNG) here.")]
+    = None,
+    show: Annotated[int, typer.Option("--show", help="List the N least discriminative descriptions.")] = 10,
+) -> None:
+    """Does a description set carry meaning? Real vs reassigned descriptions, WaffleCLIP, discriminativeness."""
+    from .audit import audit_descriptions, plot_discriminativeness, summary_table
+    from .datasets import get_dataset
+    from .models import load_model
+    from .pipeline import default_model, write_record
+
+    def go() -> None:
+        ds = get_dataset(dataset, dataset_root)
+        name, pre = default_model(ds, model, pretrained)
+        encoder = load_model(name, pre, device=device)
+        record = audit_descriptions(ds, encoder, descriptors, split=split, val_split=val_split,
+                                    selection_split=selection_split, seeds=seeds, truth=truth, oracle=oracle)
+        table = Table(title=f"description audit: {record['dataset']}/{split} · {record['descriptors']}")
+        table.add_column("")
+        table.add_column("top-1 %", justify="right")
+        for label, value in summary_table(record):
+            table.add_row(label, value)
+        out.print(table)
+        if show:
+            worst = Table(title=f"the {show} least discriminative descriptions ({selection_split} split)")
+            for col in ("class", "descriptor", "discriminativeness", "kind"):
+                worst.add_column(col)
+            for r in record["discriminativeness"][-show:][::-1]:
+                worst.add_row(r["class"], r["descriptor"], f"{r['discriminativeness']:+.4f}", r.get("kind", ""))
+            out.print(worst)
+        if output:
+            write_record(record, output)
+            out.print(f"record written to {output}")
+        if plot:
+            plot_discriminativeness(record, plot)
+            out.print(f"plot written to {plot}")
+
+    _run(go)
+
+
 @datasets_app.command("list")
 def datasets_list() -> None:
     """List the registered datasets."""
