@@ -45,6 +45,8 @@ DEFAULT_ROWS = (
     Row("class names, template ensemble", "classnames", {"templates": "ensemble"}),
     Row("descriptions (CbD)", "descriptions", {}),
     Row("descriptions (CbD), ground-truth attributes", "descriptions", {"descriptors": "attributes"}),
+    Row("DDS, classname-free (k=3, m=5, w chosen on val)", "dds", {}),
+    Row("DDS, with class name (k=3, m=5, mean)", "dds", {"form": "classname"}),
     Row("CuPL sentences (oracle LLM stand-in), renormalised mean", "cupl", {}),
     Row("random descriptors (WaffleCLIP), 7 seeds", "waffle", {}),
     Row("random + 1/3 real descriptors (WaffleCLIP mixed), 7 seeds", "waffle", {"mixed": True}),
