@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,3 +66,20 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
             f"{what} {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}). "
             "Fix or regenerate the file."
         ) from None
+
+
+@contextlib.contextmanager
+def sqlite_connection(path: str | os.PathLike) -> Iterator[sqlite3.Connection]:
+    """A WAL-mode SQLite connection that commits on success, rolls back on error and is always closed.
+
+    WAL lets readers and one writer work at once; the 60 s busy timeout makes concurrent writers wait
+    for each other instead of failing, so several processes can share one cache file.
+    """
+    db = sqlite3.connect(path, timeout=60.0)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        with db:
+            yield db
+    finally:
+        db.close()

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from .cli_common import DatasetOpt, ModelOpt, PretrainedOpt, RootOpt, out, run_or_exit
 from .errors import ZsclipError
 from .generate_cli import describe, synonyms
 from .world.cli import app as world_app
@@ -29,8 +29,6 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(store_app, name="store")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
 
 
 class Aggregation(str, Enum):
@@ -39,30 +37,14 @@ class Aggregation(str, Enum):
     sum = "sum"
 
 
-# -- shared options ---------------------------------------------------------------------------------------
-DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Registered dataset name (`zsclip datasets list`).")]
-RootOpt = Annotated[Path | None, typer.Option("--dataset-root", help="Folder holding the dataset.")]
+# -- options shared by the commands below -----------------------------------------------------------------
 SplitOpt = Annotated[str | None, typer.Option("--split", help="Split to use (default: the dataset's test split).")]
-ModelOpt = Annotated[str | None, typer.Option(
-    "--model", help="open_clip architecture, local-dir:FOLDER, hf-hub:ORG/NAME or toyworld "
-    "(default: the dataset card's model, else ViT-B-32).")]
-PretrainedOpt = Annotated[str | None, typer.Option(
-    "--pretrained", help="Weights tag or checkpoint file for an open_clip architecture (default: openai).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16 (autocast on CUDA).")]
 StoreOpt = Annotated[Path | None, typer.Option(
     "--store", help="Image store folder (default: under the cache root, $ZSCLIP_HOME).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", help="Threads decoding images.")]
-
-
-def _run(fn: Any) -> Any:
-    """Call ``fn`` and turn a ``ZsclipError`` into a one-line message and exit code 2."""
-    try:
-        return fn()
-    except ZsclipError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
 
 
 def _method_options(method: str, *, templates: str | None = None, descriptors: str | None = None,
@@ -180,7 +162,7 @@ def classify(
             run.write_predictions(predictions)
             out.print(f"predictions written to {predictions}")
 
-    _run(go)
+    run_or_exit(go)
 
 
 @app.command("explain")
@@ -215,7 +197,7 @@ def explain_cmd(
                 out.print(f"[bold]image {row}[/] {run.store.paths[row]}")
                 out.print(expl.to_text(), highlight=False)
 
-    _run(go)
+    run_or_exit(go)
 
 
 @app.command()
@@ -249,7 +231,7 @@ def embed(
                   f"{s.build_stats.images_encoded}; unreadable skipped: {s.build_stats.images_skipped}",
                   highlight=False)
 
-    _run(go)
+    run_or_exit(go)
 
 
 @app.command("audit-descriptions")
@@ -308,7 +290,7 @@ def audit_descriptions_cmd(
             plot_discriminativeness(record, plot)
             out.print(f"plot written to {plot}")
 
-    _run(go)
+    run_or_exit(go)
 
 
 @datasets_app.command("list")
@@ -335,7 +317,7 @@ def datasets_info(dataset: DatasetOpt, dataset_root: RootOpt = None,
             info["classnames"] = list(ds.classnames)
         out.print_json(json.dumps(info))
 
-    _run(go)
+    run_or_exit(go)
 
 
 @datasets_app.command("download")
@@ -351,7 +333,7 @@ def datasets_download(
         path = download_dataset(name, root=root, url=url)
         out.print(f"{name} is at {path}; use --dataset-root {path}", highlight=False)
 
-    _run(go)
+    run_or_exit(go)
 
 
 @models_app.command("list")
@@ -380,7 +362,7 @@ def models_download(
         resolved = resolve_weights(model, pretrained)
         out.print(f"weights at {resolved.weights}", highlight=False)
 
-    _run(go)
+    run_or_exit(go)
 
 
 @store_app.command("info")
@@ -391,7 +373,7 @@ def store_info(path: Annotated[Path, typer.Argument(help="Image store folder.")]
     def go() -> None:
         out.print_json(json.dumps(ImageStore.open(path).info()))
 
-    _run(go)
+    run_or_exit(go)
 
 
 app.command("describe")(describe)

@@ -13,12 +13,12 @@ import re
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
-from rich.console import Console
 
+from .cli_common import DatasetOpt, RootOpt, err, out, run_or_exit
 from .errors import ZsclipError
 from .generate import (
     FILTER_TEMPLATE,
@@ -36,9 +36,6 @@ if TYPE_CHECKING:
     from .datasets import Dataset
     from .llm import LLMClient
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
-T = TypeVar("T")
 
 
 class PromptStyleChoice(str, Enum):
@@ -49,8 +46,6 @@ class PromptStyleChoice(str, Enum):
     contrastive = "contrastive"
 
 
-DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Registered dataset name (`zsclip datasets list`).")]
-RootOpt = Annotated[Path | None, typer.Option("--dataset-root", help="Folder holding the dataset.")]
 LLMOpt = Annotated[str | None, typer.Option(
     "--llm", help="LLM model name as the server knows it (default: $ZSCLIP_LLM_MODEL).")]
 BaseUrlOpt = Annotated[str | None, typer.Option(
@@ -70,15 +65,6 @@ ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="CLIP model for the zero-shot run (contrastive confusions, synonym filter); "
     "default: the dataset card's, else ViT-B-32.")]
 PretrainedOpt = Annotated[str | None, typer.Option("--pretrained", help="CLIP weights tag or checkpoint file.")]
-
-
-def _run(fn: Callable[[], T]) -> T:
-    """Call ``fn`` and turn a ``ZsclipError`` into a one-line message and exit code 2."""
-    try:
-        return fn()
-    except ZsclipError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
 
 
 def _file_part(model: str) -> str:
@@ -188,7 +174,7 @@ def describe(
         path = write_descriptor_file(target, result.per_class, result.provenance)
         _report(result, path, "descriptors", line)
 
-    _run(go)
+    run_or_exit(go)
 
 
 def synonyms(
@@ -236,4 +222,4 @@ def synonyms(
         path = write_synonym_file(target, per_class, provenance)
         _report(GenerationResult(result.kind, per_class, result.failed, provenance), path, "names", line)
 
-    _run(go)
+    run_or_exit(go)

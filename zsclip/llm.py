@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
-from ._io import read_json
+from ._io import read_json, sqlite_connection
 from .errors import ZsclipError
 from .paths import cache_root, resource_dir
 from .progress import progress_bar
@@ -268,26 +267,14 @@ class LLMCache:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else cache_root() / "llm-cache.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
+        with sqlite_connection(self.path) as db:
             db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
                        "request TEXT NOT NULL, text TEXT NOT NULL, finish_reason TEXT, "
                        "prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, created REAL NOT NULL)")
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection that commits on success, rolls back on error, and is always closed."""
-        db = sqlite3.connect(self.path, timeout=60.0)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            with db:
-                yield db
-        finally:
-            db.close()
-
     def get(self, key: str) -> Completion | None:
         """The stored reply for ``key`` (marked ``cached``), or ``None``."""
-        with self._connect() as db:
+        with sqlite_connection(self.path) as db:
             row = db.execute("SELECT model, request, text, finish_reason, prompt_tokens, completion_tokens "
                              "FROM replies WHERE key = ?", (key,)).fetchone()
         if row is None:
@@ -299,13 +286,13 @@ class LLMCache:
 
     def put(self, key: str, request: Mapping[str, Any], reply: Completion) -> None:
         """Store (or replace, after a refresh) the reply to ``request``."""
-        with self._connect() as db:
+        with sqlite_connection(self.path) as db:
             db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (key, reply.model, json.dumps(request, ensure_ascii=False, sort_keys=True), reply.text,
                         reply.finish_reason, reply.prompt_tokens, reply.completion_tokens, time.time()))
 
     def __len__(self) -> int:
-        with self._connect() as db:
+        with sqlite_connection(self.path) as db:
             return int(db.execute("SELECT COUNT(*) FROM replies").fetchone()[0])
 
 

@@ -38,7 +38,7 @@ class ZeroShotClassifier:
                  chunk_size: int = 4096) -> None:
         self.prompt_set = prompt_set
         self.encoder = encoder
-        cache = text_cache or TextEmbeddingCache(encoder)
+        cache = text_cache if text_cache is not None else TextEmbeddingCache(encoder)
         before = cache.texts_encoded
         self.truncated = encoder.truncated(prompt_set.texts)
         if self.truncated:

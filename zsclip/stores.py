@@ -15,12 +15,10 @@ model fingerprint (WAL mode): concurrent writers are safe and a crash loses at m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
-import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._io import atomic_path, write_json_atomic
+from ._io import atomic_path, sqlite_connection, write_json_atomic
 from ._version import __version__
 from .errors import StoreMismatchError, ZsclipError
 from .paths import cache_root
@@ -296,7 +294,7 @@ class TextEmbeddingCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.texts_encoded = 0
         self.texts_requested = 0
-        with self._connect() as db:
+        with sqlite_connection(self.path) as db:
             db.execute("CREATE TABLE IF NOT EXISTS emb (text TEXT PRIMARY KEY, vec BLOB NOT NULL)")
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             db.execute("INSERT OR IGNORE INTO meta VALUES ('fingerprint', ?)", (encoder.fingerprint,))
@@ -305,23 +303,11 @@ class TextEmbeddingCache:
             raise StoreMismatchError(f"text cache {self.path} belongs to model fingerprint {row[0]}, not "
                                      f"{encoder.fingerprint}; pass another cache path")
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection that commits on success, rolls back on error, and is always closed."""
-        db = sqlite3.connect(self.path, timeout=60.0)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            with db:
-                yield db
-        finally:
-            db.close()
-
     def lookup(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """The stored embeddings among ``texts`` (missing texts are absent from the result)."""
         found: dict[str, np.ndarray] = {}
         unique = list(dict.fromkeys(texts))
-        with self._connect() as db:
+        with sqlite_connection(self.path) as db:
             for start in range(0, len(unique), 500):
                 part = unique[start : start + 500]
                 rows = db.execute(f"SELECT text, vec FROM emb WHERE text IN ({','.join('?' * len(part))})", part)
@@ -336,7 +322,7 @@ class TextEmbeddingCache:
         self.texts_requested += len(unique)
         missing = [t for t in unique if t not in found]
         if missing:
-            with progress_bar("encoding texts", total=len(missing)) as advance, self._connect() as db:
+            with progress_bar("encoding texts", total=len(missing)) as advance, sqlite_connection(self.path) as db:
                 for start in range(0, len(missing), batch_size):
                     part = missing[start : start + batch_size]
                     vecs = self.encoder.encode_texts(part, batch_size=batch_size)
@@ -351,5 +337,5 @@ class TextEmbeddingCache:
         return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)
 
     def __len__(self) -> int:
-        with self._connect() as db:
+        with sqlite_connection(self.path) as db:
             return int(db.execute("SELECT COUNT(*) FROM emb").fetchone()[0])

@@ -285,7 +285,7 @@ class DDS:
         for split in (self.selection_split, self.val_split if self.weight is None else None):
             if split is not None and split == "test":
                 raise ZsclipError("DDS never selects or tunes on the test split")
-        cache = cache or TextEmbeddingCache(encoder)
+        cache = cache if cache is not None else TextEmbeddingCache(encoder)
         per_class, source = resolve_descriptors(dataset, self.descriptors)
         pool = DescriptionPool.from_lists(per_class)
         if not pool.texts:
