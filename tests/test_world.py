@@ -23,7 +23,8 @@ from zsclip.world import (
     render,
     synonym_counts,
 )
-from zsclip.world.corpus import CORPUS_SEED_LIMIT
+from zsclip.world.corpus import CORPUS_SEED_LIMIT, P_RELATIVE_CLAUSE, _one_off_word
+from zsclip.world.spec import COLOURS
 from zsclip.world.train import TrainConfig, train
 
 torch.set_num_threads(2)
@@ -109,6 +110,39 @@ def test_corpus_styles_and_captions(corpus):
     caption = corpus.column("caption").to_pylist()
     assert any("sketch of" in c for c in caption)
     assert corpus.num_rows > 90_000
+
+
+def test_corpus_relative_clause_captions(world, corpus):
+    captions = corpus.column("caption").to_pylist()
+    names = corpus.column("name_used").to_pylist()
+    species = corpus.column("species").to_pylist()
+    attributes = corpus.column("attributes").to_pylist()
+    relative = [", which " in c for c in captions]
+    assert abs(sum(relative) / len(captions) - P_RELATIVE_CLAUSE) < 0.01
+    # used for named and unnamed individuals alike, in every tier
+    for named in (True, False):
+        rows = [r for r, n in zip(relative, names, strict=True) if bool(n) == named]
+        assert abs(sum(rows) / len(rows) - P_RELATIVE_CLAUSE) < 0.02
+    tier_of = [world.species[s].tier for s in species]
+    for tier in TIERS:
+        rows = [r for r, t in zip(relative, tier_of, strict=True) if t == tier]
+        assert abs(sum(rows) / len(rows) - P_RELATIVE_CLAUSE) < 0.05
+    forms = Counter(c.split(", which ", 1)[1].split()[0] for c, r in zip(captions, relative, strict=True) if r)
+    assert {"has", "is", "lives"} <= set(forms)
+    assert any(c.startswith(f"{n}, which ") for c, n in zip(captions, names, strict=True) if n)
+    # one-off words before the noun of unnamed captions are never a word of a species' names
+    name_words = {w for s in world.species for n in (s.name, *s.synonyms) for w in n.split()}
+    one_off = {_one_off_word(world, s % 100, s) for s in range(2000)}
+    assert len(one_off) > 1900 and not one_off & name_words
+    # captions only state what the individual shows: every colour word is its colour
+    colours = set(COLOURS)
+    for caption, attrs in zip(captions[:20000], attributes[:20000], strict=True):
+        said = colours & set(caption.replace(",", " ").split())
+        assert said <= {json.loads(attrs)["colour"]}, caption
+    # captions share vocabulary with the LLM-like descriptors, not their sentences
+    cbd, _ = descriptors(world)
+    long_descriptors = {d for ds in cbd.values() for d in ds if len(d.split()) >= 4}
+    assert not any(d in c for c in captions[:20000] for d in long_descriptors)
 
 
 def test_committed_prompt_files_match_the_world(world, corpus):

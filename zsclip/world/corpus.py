@@ -3,7 +3,12 @@
 Each row is one individual: its caption, species, the attributes it shows, its rendering style and the render
 seed from which ``render.render`` redraws the image, so the corpus is a few MB on disk. Captions mix names,
 attribute phrases and style words ("a sketch of a striped vorlick on sand"); how often a species appears and
-how it is named follows its tier in ``spec.TIERS``. ``synonym_counts`` counts names in captions the way REAL
+how it is named follows its tier in ``spec.TIERS``. Like web captions, a share of them
+(``P_RELATIVE_CLAUSE``) put the attributes in a relative clause after the noun ("krell vorlick, which is
+small and red"), and some captions that name no species carry a word seen only once before the noun
+(``P_ONE_OFF_WORD``, "a zorblat vorlick, which has dark stripes"), as local names and usernames do on the
+web. Caption wording shares its vocabulary with the LLM-like descriptors of ``spec.descriptors`` but not
+their sentences. ``synonym_counts`` counts names in captions the way REAL
 counts them in LAION captions (case-insensitive whole-phrase matches), and ``real_synonyms`` writes the
 result in REAL's metrics format.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -23,7 +29,7 @@ import pyarrow.parquet as pq
 
 from .._io import atomic_path
 from ..errors import ZsclipError
-from .spec import ATTRIBUTES, CORPUS_STYLE_WEIGHTS, TIERS, World, _unit, instance_attributes
+from .spec import ATTRIBUTES, CORPUS_STYLE_WEIGHTS, TIERS, World, _make_words, _unit, instance_attributes
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,14 @@ _P_STYLE = {"photo": 0.55, "painting": 0.85, "cartoon": 0.85, "pixel": 0.85, "sk
 _GENERIC_NOUNS = ("creature", "animal", "critter", "beast")
 _P_GENUS_WORD = 0.35
 _P_RARE_SYNONYM = 0.05
+#: share of captions written with a relative clause ("a sketch of a vorlick, which has dark stripes")
+P_RELATIVE_CLAUSE = 0.3
+#: verbs that introduce a habitat phrase inside a relative clause ("which lives on sand")
+_HABITAT_VERBS = ("lives", "is found", "is usually seen")
+#: share of captions that name no species but put a one-off word before the noun ("a zorblat vorlick"),
+#: as web captions carry words seen once (local names, usernames, misspellings): they teach the text
+#: tower that an unfamiliar name says little and the attribute phrases around it say more
+P_ONE_OFF_WORD = 0.3
 
 def _article(phrase: str) -> str:
     """The indefinite article for ``phrase`` ("an oval", "a one-eyed")."""
@@ -89,6 +103,68 @@ def _colour_forms(colour: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return (colour,), (f"{colour} skin", f"{_article(colour)} {colour} body")
 
 
+def _one_off_word(world: World, species_index: int, render_seed: int) -> str:
+    """A made-up word for one caption, built like the world's names but never one of its names' words."""
+    taken = {w for s in world.species for n in (s.name, *s.synonyms) for w in n.split()}
+    return _make_words(_unit("one-off-word", world.seed, species_index, render_seed), 1, taken)[0]
+
+
+def _pick_attributes(rng: random.Random, n: int) -> list[str]:
+    """``n`` distinct attribute keys, the salient ones (colour, pattern) more likely."""
+    keys = list(ATTRIBUTES)
+    chosen: list[str] = []
+    while len(chosen) < n:
+        k = rng.choices(keys, weights=[_ATTR_WEIGHTS[k] for k in keys])[0]
+        keys.remove(k)
+        chosen.append(k)
+    return chosen
+
+
+def _relative_caption(rng: random.Random, noun: str, named: bool, attrs: dict[str, str], style: str) -> str:
+    """A caption whose attributes follow the noun in a relative clause, as web captions often put them.
+
+    "a sketch of a vorlick, which has dark stripes and three eyes", "krell vorlick, which is small and red",
+    "a photo of a creature, which lives on sand". Phrasing comes from the same vocabularies as the other
+    captions (``_ADJ``, ``_NP``, ``_HABITAT_PHRASES``); one attribute of an unnamed individual may stay
+    before the noun ("a striped creature, which has three eyes").
+    """
+    chosen = _pick_attributes(rng, rng.choice((1, 1, 2, 2, 3) if named else (1, 2, 2, 3, 3)))
+    is_forms: list[str] = []
+    has_forms: list[str] = []
+    habitat = ""
+    for key in chosen:
+        value = attrs[key]
+        if key == "habitat":
+            habitat = f"{rng.choice(_HABITAT_VERBS)} {rng.choice(_HABITAT_PHRASES[value])}"
+            continue
+        adj_forms, np_forms = (_colour_forms(value) if key == "colour"
+                               else (_ADJ[key].get(value, ()), _NP[key].get(value, ())))
+        if adj_forms and (not np_forms or rng.random() < 0.45):
+            is_forms.append(rng.choice(adj_forms))
+        else:
+            has_forms.append(rng.choice(np_forms))
+    prenominal = ""
+    if not named and is_forms and (has_forms or habitat or len(is_forms) > 1) and rng.random() < 0.3:
+        prenominal = is_forms.pop(0)
+    parts = []
+    if has_forms:
+        parts.append("has " + " and ".join(has_forms))
+    if is_forms:
+        parts.append("is " + " and ".join(is_forms))
+    if habitat:
+        parts.append(habitat)
+    rng.shuffle(parts)
+    clause = "which " + (" and ".join(parts) if len(parts) < 3 else f"{parts[0]}, {parts[1]} and {parts[2]}")
+    head = f"{prenominal} {noun}" if prenominal else noun
+    if rng.random() < _P_STYLE[style]:
+        phrase = f"{rng.choice(_STYLE_PHRASES[style])} {_article(head)} {head}"
+    elif rng.random() < 0.5:
+        phrase = f"{_article(head)} {head}"
+    else:
+        phrase = head
+    return f"{phrase}, {clause}"
+
+
 def make_caption(world: World, species_index: int, attrs: dict[str, str], style: str,
                  render_seed: int) -> tuple[str, str]:
     """The caption of one corpus row and the name it uses ("" when it names no species).
@@ -114,13 +190,14 @@ def make_caption(world: World, species_index: int, attrs: dict[str, str], style:
         n_attr = rng.choice((2, 3, 3, 4))
         noun = sp.genus_word if rng.random() < _P_GENUS_WORD else rng.choice(_GENERIC_NOUNS)
 
-    keys = list(ATTRIBUTES)
-    chosen: list[str] = []
-    while len(chosen) < n_attr:
-        k = rng.choices(keys, weights=[_ATTR_WEIGHTS[k] for k in keys])[0]
-        keys.remove(k)
-        chosen.append(k)
+    if not name and _unit("one-off", world.seed, species_index, render_seed).random() < P_ONE_OFF_WORD:
+        noun = f"{_one_off_word(world, species_index, render_seed)} {noun}"
 
+    clause_rng = _unit("clause", world.seed, species_index, render_seed)
+    if clause_rng.random() < P_RELATIVE_CLAUSE:
+        return _relative_caption(clause_rng, noun, bool(name), attrs, style), name
+
+    chosen = _pick_attributes(rng, n_attr)
     adjs: list[str] = []
     nps: list[str] = []
     habitat = ""
