@@ -5,8 +5,12 @@ class for CbD), dim 512. Both use the same pool embeddings, so the ratio compare
 (class-name neighbourhoods, the gather/max/mean/top-m selection over ``S``, the gathered descriptor
 cosines) with CbD's single mean-of-cosines product.
 
-    python benchmarks/bench_dds.py                      # full size
+    python benchmarks/bench_dds.py                      # full size, random embeddings (worst case)
+    python benchmarks/bench_dds.py --structured         # images clustered by class, look-alike class groups
     python benchmarks/bench_dds.py --images 5000        # quicker
+
+DDS selects once per distinct neighbourhood, so its cost follows the number of distinct top-k class sets:
+nearly one per image for random embeddings, far fewer when images cluster by class as real ones do.
 """
 
 from __future__ import annotations
@@ -43,13 +47,23 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--m", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--structured", action="store_true",
+                        help="class-structured embeddings (groups of look-alike classes) instead of random ones")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     n, c, per, d = args.images, args.classes, args.per_class, args.dim
-    images = unit(rng.standard_normal((n, d), dtype=np.float32))
     pool_emb = unit(rng.standard_normal((c * per, d), dtype=np.float32))
-    names = unit(rng.standard_normal((c, d), dtype=np.float32))
-    means = unit(rng.standard_normal((c, d), dtype=np.float32))
+    if args.structured:  # classes in groups of 10 look-alikes; images near their class, names near theirs
+        groups = rng.standard_normal((c // 10 + 1, d), dtype=np.float32)
+        protos = unit(np.repeat(groups, 10, axis=0)[:c] + 0.5 * rng.standard_normal((c, d), dtype=np.float32))
+        labels = rng.integers(0, c, n)
+        images = unit(protos[labels] + 0.9 * rng.standard_normal((n, d), dtype=np.float32) / np.sqrt(d) * 8)
+        names = unit(protos + 0.3 * rng.standard_normal((c, d), dtype=np.float32))
+        means = protos
+    else:  # worst case: random embeddings, (almost) every neighbourhood distinct
+        images = unit(rng.standard_normal((n, d), dtype=np.float32))
+        names = unit(rng.standard_normal((c, d), dtype=np.float32))
+        means = unit(rng.standard_normal((c, d), dtype=np.float32))
     texts = [[f"c{i} d{j}" for j in range(per)] for i in range(c)]
     pool = DescriptionPool.from_lists(texts)
 
@@ -58,7 +72,10 @@ def main() -> None:
     dds = DDSClassifier(classnames=[f"c{i}" for i in range(c)], pool=pool, S=pool_emb @ means.T, name_emb=names,
                         pool_emb=pool_emb, k=args.k, m=args.m, form="classname-free", aggregation="mean", weight=1.0,
                         template="a photo of a {}.", cache=None)
-    print(f"DDS benchmark: {n} images, {c} classes, pool {len(pool.texts)}, dim {d}, k={args.k}, m={args.m}")
+    hoods = dds.neighbourhoods(images)[1]
+    distinct = len(np.unique(np.sort(hoods, axis=1), axis=0))
+    print(f"DDS benchmark ({'structured' if args.structured else 'random'} embeddings): {n} images, {c} classes, "
+          f"pool {len(pool.texts)}, dim {d}, k={args.k}, m={args.m}; {distinct} distinct neighbourhoods")
     dds.scores(images[:1000])  # warm-up: first torch use
     t_cbd, _ = best_time(lambda: cbd.scores(images), args.repeat)
     t_dds, scores = best_time(lambda: dds.scores(images), args.repeat)

@@ -12,7 +12,8 @@ Training-free, with a small labelled selection set from the training split:
    name (``"A photo of a {c}, {d}."``, mean or max), and the prediction is the best candidate.
 
 The selection is array work over the precomputed ``S`` (a gather, a max, a mean and a top-``m`` per
-candidate), chunked over images; no text is encoded per image in the classname-free form.
+candidate), done once per distinct neighbourhood and chunked; no text is encoded per image in the
+classname-free form.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def select(S_T: np.ndarray, neighbourhoods: np.ndarray, own_first: np.ndarray, o
 
     Each description favours the candidate where its ``S`` is largest, with rank ``max − mean`` over the
     neighbourhood, which equals ``(1/k) Σ_j (S[d, c] − S[d, j])`` for the favoured ``c``. The top ``m`` per
-    candidate are found among the block's best-ranked ``8·k·m`` descriptions; rows where that short list
+    candidate are found among the block's best-ranked ``4·k·m`` descriptions; rows where that short list
     holds fewer than ``m`` for a candidate that has more are redone over the whole pool, so the result is
     exact.
 
@@ -98,20 +99,12 @@ def select(S_T: np.ndarray, neighbourhoods: np.ndarray, own_first: np.ndarray, o
 
     b, k = neighbourhoods.shape
     s_n = torch.from_numpy(S_T[neighbourhoods])  # B × k × |P|
-    best_val, best, total = s_n[:, 0].clone(), torch.zeros(s_n.shape[::2], dtype=torch.uint8), s_n[:, 0].clone()
-    for a in range(1, k):  # running max / first argmax / sum over the k candidates
-        row = s_n[:, a]
-        better = row > best_val
-        best_val = torch.where(better, row, best_val)
-        best.masked_fill_(better, a)
-        total += row
-    rank = best_val - total / k
+    best_val, best = s_n.max(dim=1)  # the candidate each description favours (ties: the first)
+    rank = best_val - s_n.mean(dim=1)
     pool = S_T.shape[1]
-    short = min(pool, 8 * k * m)
+    short = min(pool, 4 * k * m)
     vals, idx = rank.topk(short, dim=1)  # best first
     group = best.gather(1, idx)
-    qualified_all = torch.bincount((best.to(torch.int64) + k * torch.arange(b)[:, None]).ravel(),
-                                   minlength=b * k).view(b, k).numpy()  # descriptions favouring each candidate
     chosen = np.full((b, k, m), -1, dtype=np.int64)
     counts = np.zeros((b, k), dtype=np.int64)
     for a in range(k):
@@ -122,7 +115,9 @@ def select(S_T: np.ndarray, neighbourhoods: np.ndarray, own_first: np.ndarray, o
         buf.scatter_(1, torch.where(take, slot, m), torch.where(take, idx, -1))
         chosen[:, a, :] = buf[:, :m].numpy()
         counts[:, a] = take.sum(dim=1).numpy()
-        redo = np.flatnonzero((counts[:, a] < m) & (qualified_all[:, a] > counts[:, a]))
+        short_rows = np.flatnonzero(counts[:, a] < m)  # fewer than m in the short list: are there more?
+        qualified = (best[short_rows] == a).sum(dim=1).numpy() if len(short_rows) else np.zeros(0, np.int64)
+        redo = short_rows[qualified > counts[short_rows, a]]
         if len(redo):  # the short list missed some of this candidate's descriptions: use the whole pool
             top_vals, top = torch.where(best[redo] == a, rank[redo], -torch.inf).topk(min(m, pool), dim=1)
             ok = torch.isfinite(top_vals).numpy()
@@ -174,15 +169,30 @@ class DDSClassifier:
         order = np.argsort(-np.take_along_axis(names, part, axis=1), axis=1, kind="stable")
         return names, np.take_along_axis(part, order, axis=1)
 
+    def _select_for(self, hoods: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``select`` for every row of ``hoods``, computed once per distinct neighbourhood.
+
+        The selection depends on the neighbourhood as a set, and images of similar classes share
+        neighbourhoods, so rows are sorted, deduplicated, selected in chunks and mapped back.
+        """
+        order = np.argsort(hoods, axis=1, kind="stable")
+        unique, inverse = np.unique(np.take_along_axis(hoods, order, axis=1), axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        chosen_u, counts_u = [], []
+        for start in range(0, len(unique), self.chunk_size):
+            ch, co = select(self.S_T, unique[start : start + self.chunk_size], self._own_first, self._own_count,
+                            self.m)
+            chosen_u.append(ch)
+            counts_u.append(co)
+        chosen_s, counts_s = np.concatenate(chosen_u)[inverse], np.concatenate(counts_u)[inverse]
+        back = np.argsort(order, axis=1)  # sorted position of each original candidate
+        return (np.take_along_axis(chosen_s, back[:, :, None], axis=1),
+                np.take_along_axis(counts_s, back, axis=1))
+
     def selections(self, image_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Neighbourhoods ``N × k``, selected pool indices ``N × k × m`` (-1 unused) and counts ``N × k``."""
         _, hoods = self.neighbourhoods(image_embeddings)
-        chosen, counts = [], []
-        for start in range(0, len(hoods), self.chunk_size):
-            ch, co = select(self.S_T, hoods[start : start + self.chunk_size], self._own_first, self._own_count, self.m)
-            chosen.append(ch)
-            counts.append(co)
-        return hoods, np.concatenate(chosen), np.concatenate(counts)
+        return (hoods, *self._select_for(hoods))
 
     def _candidate_scores(self, v: np.ndarray, names: np.ndarray, hoods: np.ndarray, chosen: np.ndarray,
                           counts: np.ndarray) -> np.ndarray:
@@ -207,11 +217,11 @@ class DDSClassifier:
         """``N × C`` scores: the neighbourhood ranked by DDS above all other classes (ranked by class name)."""
         v_all = np.asarray(image_embeddings, dtype=np.float32)
         names, hoods = self.neighbourhoods(v_all)
+        chosen, counts = self._select_for(hoods)
         out = names.copy()
         for start in range(0, len(v_all), self.chunk_size):
             sl = slice(start, start + self.chunk_size)
-            chosen, counts = select(self.S_T, hoods[sl], self._own_first, self._own_count, self.m)
-            cand = self._candidate_scores(v_all[sl], names[sl], hoods[sl], chosen, counts)
+            cand = self._candidate_scores(v_all[sl], names[sl], hoods[sl], chosen[sl], counts[sl])
             np.put_along_axis(out[sl], hoods[sl], cand + _NEIGHBOURHOOD_OFFSET, axis=1)
         return out
 
