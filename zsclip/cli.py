@@ -69,7 +69,8 @@ def _method_options(method: str, *, templates: str | None = None, descriptors: s
         return {"sentences": descriptors}
     if method == "dds":
         return {"descriptors": descriptors, "k": dds_k, "m": dds_m, "n": dds_n, "form": dds_form,
-                "weight": dds_weight, "aggregation": aggregation.value if aggregation else None}
+                "weight": dds_weight, "aggregation": aggregation.value if aggregation else None,
+                "template": templates}
     return {}
 
 
@@ -104,7 +105,8 @@ def classify(
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     templates: Annotated[str | None, typer.Option(
-        "--templates", help="classnames: simple, ensemble, openai-imagenet, a file, or a literal with {}.")] = None,
+        "--templates", help="classnames (and the dds class-name prompt): simple, ensemble, openai-imagenet, a "
+        "file, or a literal with {}.")] = None,
     descriptors: Annotated[str | None, typer.Option(
         "--descriptors", help="descriptions/waffle/dds: a CbD/CuPL/DDS JSON file, or 'attributes' (dataset "
         "annotations); cupl: the sentence file. Default: the dataset card's file.")] = None,

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..datasets import Dataset
 from ..errors import ZsclipError
-from ..prompts import format_template, normalise_descriptor
+from ..prompts import format_template, load_templates, normalise_descriptor
 from ..scoring import Explanation, ExplanationRow, evaluate
 from ..stores import ImageStore, TextEmbeddingCache
 from .descriptions import resolve_descriptors
@@ -263,7 +263,8 @@ class DDS:
             ``classname`` ("A photo of a {c}, {d}.").
         aggregation: ``mean`` or ``max`` of the selected descriptions' cosines (``classname`` form).
         weight: ``w`` of the classname-free form; ``None`` picks it on ``val_split`` from ``weight_grid``.
-        template: the class-name prompt for the neighbourhood and for ``w``.
+        template: the class-name prompt for the neighbourhood and for ``w``: a template with ``{}``, or a
+            template set (``ensemble``, a file; see ``load_templates``) whose renormalised mean is used.
         selection_split, val_split: where ``S`` and ``w`` come from; never the test split.
     """
 
@@ -304,7 +305,10 @@ class DDS:
         means, n_used = selection_means(sel_store, len(dataset.classnames), self.n)
         pool_emb = cache.encode(list(pool.texts))
         S = pool_emb @ means.T
-        name_emb = cache.encode([format_template(self.template, c) for c in dataset.classnames])
+        templates = load_templates(self.template, dataset.card)
+        name_emb = cache.encode([format_template(t, c) for c in dataset.classnames for t in templates])
+        name_emb = name_emb.reshape(len(dataset.classnames), len(templates), -1).mean(axis=1)
+        name_emb /= np.linalg.norm(name_emb, axis=1, keepdims=True)  # an ensemble's renormalised mean
         weight = self.weight if self.weight is not None else 1.0
         clf = DDSClassifier(classnames=dataset.classnames, pool=pool, S=S, name_emb=name_emb,
                             pool_emb=pool_emb if self.form == "classname-free" else None, k=self.k, m=self.m,
