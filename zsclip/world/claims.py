@@ -42,6 +42,7 @@ class Row:
 
 DEFAULT_ROWS = (
     Row('class names, "a photo of a {}."', "classnames", {"templates": "simple"}),
+    Row('class names, "a sketch of a {}." (the test style)', "classnames", {"templates": "a sketch of a {}."}),
     Row("class names, template ensemble", "classnames", {"templates": "ensemble"}),
     Row("descriptions (CbD)", "descriptions", {}),
     Row("descriptions (CbD), ground-truth attributes", "descriptions", {"descriptors": "attributes"}),
