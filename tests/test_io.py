@@ -28,3 +28,13 @@ def test_atomic_write_respects_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o644
+
+
+def test_records_name_shipped_prompt_files_the_same_everywhere(tmp_path, monkeypatch):
+    from zsclip.paths import display_path, locate, resource_dir
+
+    shipped = resource_dir("prompts") / "toyworld" / "descriptors.json"
+    assert display_path(shipped) == "prompts/toyworld/descriptors.json"
+    monkeypatch.chdir(tmp_path)  # anywhere: the name still finds the shipped file
+    assert locate("prompts/toyworld/descriptors.json").resolve() == shipped.resolve()
+    assert display_path(tmp_path / "mine.json") == str(tmp_path / "mine.json")

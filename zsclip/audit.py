@@ -31,6 +31,7 @@ from .methods import DescriptorPrompts, WafflePrompts
 from .methods.dds import selection_means
 from .methods.descriptions import resolve_descriptors
 from .models import Encoder
+from .paths import locate
 from .pipeline import ZeroShotClassifier, aggregate_metrics
 from .prompts import format_template, normalise_descriptor
 from .scoring import evaluate
@@ -181,7 +182,7 @@ def audit_descriptions(dataset: Dataset, encoder: Encoder, descriptors: str | Pa
 
 def _default_truth(source: str) -> Path | None:
     """``X_truth.json`` beside a descriptor file ``X.json``, when it exists."""
-    path = Path(source)
+    path = locate(source)
     candidate = path.with_name(f"{path.stem}_truth{path.suffix}")
     return candidate if path.suffix == ".json" and candidate.is_file() else None
 

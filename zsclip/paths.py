@@ -33,3 +33,23 @@ def resource_dir(name: str) -> Path:
     if packaged.is_dir():
         return packaged
     return _PACKAGE_DIR.parent / name
+
+
+def display_path(path: str | Path) -> str:
+    """How records name a file: ``prompts/...`` for the shipped prompt files (the same on every machine),
+    else the path as given."""
+    prompts = resource_dir("prompts").resolve()
+    try:
+        return "prompts/" + Path(path).resolve().relative_to(prompts).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def locate(name: str | Path) -> Path:
+    """The file a ``display_path`` names: ``prompts/...`` in the shipped prompts folder if it is there."""
+    name = Path(name)
+    if not name.exists() and name.parts[:1] == ("prompts",):
+        shipped = resource_dir("prompts").joinpath(*name.parts[1:])
+        if shipped.exists():
+            return shipped
+    return name

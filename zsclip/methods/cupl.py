@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..datasets import Dataset
 from ..errors import ZsclipError
-from ..paths import resource_dir
+from ..paths import display_path, locate, resource_dir
 from ..prompts import PromptSet, format_template, match_descriptors, read_descriptor_file
 
 
@@ -40,11 +40,11 @@ class CuplPrompts:
         if isinstance(source, Mapping):
             per_class_text, origin = match_descriptors(source, dataset.classnames, "sentence mapping"), "mapping"
         else:
-            path = Path(source).expanduser()
+            path = locate(Path(source).expanduser())
             if not path.is_file():
                 raise ZsclipError(f"--descriptors {source}: no such CuPL sentence file")
-            per_class_text, origin = match_descriptors(read_descriptor_file(path), dataset.classnames, str(path)), \
-                str(path)
+            per_class_text = match_descriptors(read_descriptor_file(path), dataset.classnames, str(path))
+            origin = display_path(path)
         per_class = []
         for name, sentences in zip(dataset.classnames, per_class_text):
             clean = list(dict.fromkeys(s.strip() for s in sentences if s.strip()))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..datasets import Dataset
 from ..errors import ZsclipError
-from ..paths import resource_dir
+from ..paths import display_path, locate, resource_dir
 from ..prompts import (
     PromptSet,
     descriptor_phrase,
@@ -42,10 +42,10 @@ def resolve_descriptors(dataset: Dataset, source: str | Path | Mapping[str, list
         by_name = dataset.attribute_descriptors(attribute_threshold)
         return match_descriptors(by_name, dataset.classnames, f"{dataset.name} attributes"), \
             f"attributes(threshold={attribute_threshold:g})"
-    path = Path(source).expanduser()
+    path = locate(Path(source).expanduser())
     if not path.is_file():
         raise ZsclipError(f"--descriptors {source}: no such file (or use 'attributes' for annotation-based ones)")
-    return match_descriptors(read_descriptor_file(path), dataset.classnames, str(path)), str(path)
+    return match_descriptors(read_descriptor_file(path), dataset.classnames, str(path)), display_path(path)
 
 
 class DescriptorPrompts:
