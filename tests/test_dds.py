@@ -105,7 +105,9 @@ def test_dds_from_the_cli_records_its_splits(tmp_path, tiny_model):
             "--dds-weight", "1", "--dds-k", "3", "--dds-m", "2", "-o", str(out)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    options = json.loads(out.read_text())["options"]
+    record = json.loads(out.read_text())
+    options = record["options"]
+    assert record["counts"]["images_encoded_other_splits"] == {"train": 15}  # w given: no val split needed
     assert options["selection_split"] == "train" and options["k"] == 3 and options["m"] == 2
     assert options["pool_size"] == 5 + 2 + 1 and options["n_per_class"] == 3 and options["weight"] == 1.0
     res = CliRunner().invoke(app, [*args[:-2], "--dds-form", "classname", "--aggregation", "max"])

@@ -165,11 +165,13 @@ def classify(dataset: str | Dataset, method: str = "classnames", *, dataset_root
     method_obj = get_method(method, **(method_options or {}))
     cache = TextEmbeddingCache(encoder)
     truncated = 0
+    other_splits: dict[str, int] = {}  # images a method encoded for its own splits (DDS: train, val)
     if hasattr(method_obj, "fit"):  # per-image methods (DDS) fit on the training/validation splits
         clf: Any = method_obj.fit(ds, encoder, cache, {"dtype": store_dtype, "index": index,
                                                       "batch_size": batch_size, "workers": workers})
         seed_scores = [clf.scores(image_store.embeddings)]
         options = dict(method_obj.options)
+        other_splits = dict(method_obj.images_encoded)
     else:
         seeds = getattr(method_obj, "seeds", None)
         prompt_sets = [method_obj.build(ds, seed=s) for s in seeds] if seeds else [method_obj.build(ds)]
@@ -192,6 +194,7 @@ def classify(dataset: str | Dataset, method: str = "classnames", *, dataset_root
         "counts": {
             "images": len(image_store),
             "images_encoded": image_store.build_stats.images_encoded,
+            "images_encoded_other_splits": other_splits,
             "images_skipped": image_store.build_stats.images_skipped,
             "texts": cache.texts_requested,
             "texts_encoded": cache.texts_encoded,

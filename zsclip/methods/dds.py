@@ -288,6 +288,8 @@ class DDS:
         self.selection_split = selection_split
         self.val_split = val_split
         self.options: dict[str, Any] = {}
+        #: images encoded by ``fit`` for its own splits (selection, validation), for the run record
+        self.images_encoded: dict[str, int] = {}
 
     def fit(self, dataset: Dataset, encoder: Any, cache: TextEmbeddingCache | None = None,
             store_options: Mapping[str, Any] | None = None) -> DDSClassifier:
@@ -302,6 +304,7 @@ class DDS:
         if not pool.texts:
             raise ZsclipError(f"the descriptors ({source}) are empty: DDS needs descriptions")
         sel_store = ImageStore.build(dataset, self.selection_split, encoder, **store_options)
+        self.images_encoded = {self.selection_split: sel_store.build_stats.images_encoded}
         means, n_used = selection_means(sel_store, len(dataset.classnames), self.n)
         pool_emb = cache.encode(list(pool.texts))
         S = pool_emb @ means.T
@@ -320,6 +323,7 @@ class DDS:
                 raise ZsclipError(f"dataset {dataset.name!r} has no {self.val_split!r} split to choose the class-name "
                                   "weight on; pass --dds-weight W")
             val = ImageStore.build(dataset, self.val_split, encoder, **store_options)
+            self.images_encoded[self.val_split] = val.build_stats.images_encoded
             for w in self.weight_grid:
                 clf.weight = w
                 grid_results[f"{w:g}"] = evaluate(clf.scores(val.embeddings), val.labels, dataset.classnames)["top1"]
