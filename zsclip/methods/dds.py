@@ -99,12 +99,12 @@ def select(S_T: np.ndarray, neighbourhoods: np.ndarray, own_first: np.ndarray, o
 
     b, k = neighbourhoods.shape
     s_n = torch.from_numpy(S_T[neighbourhoods])  # B × k × |P|
-    best_val, best = s_n.max(dim=1)  # the candidate each description favours (ties: the first)
-    rank = best_val - s_n.mean(dim=1)
+    rank = s_n.amax(dim=1) - s_n.mean(dim=1)  # max − mean over the neighbourhood, per description
     pool = S_T.shape[1]
     short = min(pool, 4 * k * m)
-    vals, idx = rank.topk(short, dim=1)  # best first
-    group = best.gather(1, idx)
+    idx = rank.topk(short, dim=1).indices  # the best-ranked descriptions, best first
+    # which candidate each short-listed description favours (np.argmax: ties go to the first candidate)
+    group = torch.from_numpy(np.argmax(np.take_along_axis(s_n.numpy(), idx.numpy()[:, None, :], axis=2), axis=1))
     chosen = np.full((b, k, m), -1, dtype=np.int64)
     counts = np.zeros((b, k), dtype=np.int64)
     for a in range(k):
@@ -115,14 +115,16 @@ def select(S_T: np.ndarray, neighbourhoods: np.ndarray, own_first: np.ndarray, o
         buf.scatter_(1, torch.where(take, slot, m), torch.where(take, idx, -1))
         chosen[:, a, :] = buf[:, :m].numpy()
         counts[:, a] = take.sum(dim=1).numpy()
-        short_rows = np.flatnonzero(counts[:, a] < m)  # fewer than m in the short list: are there more?
-        qualified = (best[short_rows] == a).sum(dim=1).numpy() if len(short_rows) else np.zeros(0, np.int64)
-        redo = short_rows[qualified > counts[short_rows, a]]
-        if len(redo):  # the short list missed some of this candidate's descriptions: use the whole pool
-            top_vals, top = torch.where(best[redo] == a, rank[redo], -torch.inf).topk(min(m, pool), dim=1)
-            ok = torch.isfinite(top_vals).numpy()
-            chosen[redo, a, : top.shape[1]] = np.where(ok, top.numpy(), -1)
-            counts[redo, a] = ok.sum(axis=1)
+        rows = np.flatnonzero(counts[:, a] < m)  # fewer than m in the short list: are there more in the pool?
+        if len(rows):
+            favours_a = np.argmax(s_n.numpy()[rows], axis=1) == a  # rows × |P|
+            redo = rows[favours_a.sum(axis=1) > counts[rows, a]]
+            if len(redo):  # the short list missed some of this candidate's descriptions: use the whole pool
+                keep = torch.from_numpy(favours_a[np.isin(rows, redo)])
+                top_vals, top = torch.where(keep, rank[redo], -torch.inf).topk(min(m, pool), dim=1)
+                ok = torch.isfinite(top_vals).numpy()
+                chosen[redo, a, : top.shape[1]] = np.where(ok, top.numpy(), -1)
+                counts[redo, a] = ok.sum(axis=1)
         none = counts[:, a] == 0  # fallback: the class's own first m
         if none.any():
             cls = neighbourhoods[none, a]
@@ -164,10 +166,10 @@ class DDSClassifier:
 
     def neighbourhoods(self, image_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Class-name scores (``N × C``) and each image's top-``k`` classes (``N × k``, best first)."""
+        import torch
+
         names = np.asarray(image_embeddings, dtype=np.float32) @ self.name_emb.T
-        part = np.argpartition(-names, self.k - 1, axis=1)[:, : self.k]
-        order = np.argsort(-np.take_along_axis(names, part, axis=1), axis=1, kind="stable")
-        return names, np.take_along_axis(part, order, axis=1)
+        return names, torch.from_numpy(names).topk(self.k, dim=1).indices.numpy()
 
     def _select_for(self, hoods: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``select`` for every row of ``hoods``, computed once per distinct neighbourhood.
