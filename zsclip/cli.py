@@ -219,14 +219,12 @@ def embed(
 ) -> None:
     """Build (or resume, or reuse) the image store of a dataset split."""
     from .datasets import get_dataset
-    from .models import load_model
-    from .pipeline import default_model
+    from .pipeline import encoder_for
     from .stores import ImageStore
 
     def go() -> None:
         ds = get_dataset(dataset, dataset_root)
-        name, pre = default_model(ds, model, pretrained)
-        encoder = load_model(name, pre, device=device, precision=precision)
+        encoder = encoder_for(ds, model, pretrained, device=device, precision=precision)
         s = ImageStore.build(ds, split or ds.default_split, encoder, store, dtype=dtype, index=index,
                              batch_size=batch_size, workers=workers)
         out.print(f"store {s.path}: {len(s)} images, dim {s.dim}, {s.manifest['dtype']}; encoded this run: "
@@ -263,13 +261,11 @@ def audit_descriptions_cmd(
     """Does a description set carry meaning? Real vs reassigned descriptions, WaffleCLIP, discriminativeness."""
     from .audit import audit_descriptions, plot_discriminativeness, summary_table
     from .datasets import get_dataset
-    from .models import load_model
-    from .pipeline import default_model, write_record
+    from .pipeline import encoder_for, write_record
 
     def go() -> None:
         ds = get_dataset(dataset, dataset_root)
-        name, pre = default_model(ds, model, pretrained)
-        encoder = load_model(name, pre, device=device)
+        encoder = encoder_for(ds, model, pretrained, device=device)
         record = audit_descriptions(ds, encoder, descriptors, split=split, val_split=val_split,
                                     selection_split=selection_split, seeds=seeds, truth=truth, oracle=oracle)
         table = Table(title=f"description audit: {record['dataset']}/{split} · {record['descriptors']}")

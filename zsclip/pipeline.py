@@ -143,6 +143,13 @@ def default_model(dataset: Dataset, model: str | None, pretrained: str | None) -
     return model, pretrained
 
 
+def encoder_for(dataset: Dataset, model: str | None = None, pretrained: str | None = None, *,
+                device: str = "auto", precision: str = "fp32") -> Encoder:
+    """Load ``model`` (default: the dataset card's, see ``default_model``) for ``dataset``."""
+    name, pre = default_model(dataset, model, pretrained)
+    return load_model(name, pre, device=device, precision=precision)
+
+
 def classify(dataset: str | Dataset, method: str = "classnames", *, dataset_root: str | Path | None = None,
              split: str | None = None, model: str | Encoder | None = None, pretrained: str | None = None,
              device: str = "auto", precision: str = "fp32", store: str | Path | None = None,
@@ -155,11 +162,8 @@ def classify(dataset: str | Dataset, method: str = "classnames", *, dataset_root
     """
     ds = dataset if isinstance(dataset, Dataset) else get_dataset(dataset, dataset_root)
     split = split or ds.default_split
-    if isinstance(model, Encoder):
-        encoder = model
-    else:
-        name, pre = default_model(ds, model, pretrained)
-        encoder = load_model(name, pre, device=device, precision=precision)
+    encoder = model if isinstance(model, Encoder) else encoder_for(ds, model, pretrained, device=device,
+                                                                   precision=precision)
     image_store = ImageStore.build(ds, split, encoder, store, dtype=store_dtype, index=index,
                                    batch_size=batch_size, workers=workers)
     method_obj = get_method(method, **(method_options or {}))

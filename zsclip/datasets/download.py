@@ -90,14 +90,8 @@ def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, sha
                 f"could not download {url}: {reason}. Check the address and the network, or download the "
                 f"file by hand and put it at {dest}"
             ) from None
-        for kind, (hasher, expected) in digests.items():
-            got = hasher.hexdigest()
-            if got != expected:
-                raise DatasetError(
-                    f"{kind} checksum mismatch for {url}: expected {expected}, got {got}; the download was "
-                    "removed. The file is damaged or the address serves something else: try again or check "
-                    "the address"
-                )
+        _check_digests(digests, url, "the download was removed. The file is damaged or the address serves "
+                       "something else: try again or check the address")
     return dest
 
 
@@ -109,13 +103,15 @@ def verify_checksum(path: str | os.PathLike, md5: str | None = None, sha256: str
         while chunk := fh.read(_CHUNK):
             for hasher, _ in digests.values():
                 hasher.update(chunk)
+    _check_digests(digests, path, "delete the file and download it again")
+
+
+def _check_digests(digests: dict[str, tuple[Any, str]], what: str | os.PathLike, advice: str) -> None:
+    """Raise ``DatasetError`` naming the algorithm, expected and actual digest when one does not match."""
     for kind, (hasher, expected) in digests.items():
         got = hasher.hexdigest()
         if got != expected:
-            raise DatasetError(
-                f"{kind} checksum mismatch for {path}: expected {expected}, got {got}. Delete the file and "
-                "download it again"
-            )
+            raise DatasetError(f"{kind} checksum mismatch for {what}: expected {expected}, got {got}; {advice}")
 
 
 def _hashers(md5: str | None, sha256: str | None) -> dict[str, tuple[Any, str]]:
