@@ -179,21 +179,26 @@ def make_folder_dataset(
     per_class: int = 3,
     splits: bool = True,
     size: int = 16,
+    val: bool = False,
 ) -> Path:
     """Write an image-folder dataset under ``root`` and return ``root``.
 
-    With ``splits`` the layout is ``root/{train,test}/<class>/``, else ``root/<class>/``. Images alternate
+    With ``splits`` the layout is ``root/{train,test}/<class>/``, else ``root/<class>/``; ``val`` adds
+    ``root/val/<class>/`` with images of other random draws than train and test. Images alternate
     between ``.jpg`` and upper-case ``.PNG`` names; each class folder also holds a ``notes.txt`` that is not
     an image and a hidden ``.thumb.jpg`` that must be skipped.
     """
     root = Path(root)
     parents = [root / "train", root / "test"] if splits else [root]
+    if val:
+        parents.append(root / "val")
     for parent in parents:
+        offset = 1000 if parent.name == "val" and val else 0
         for label, name in enumerate(classes):
             folder = parent / name
             folder.mkdir(parents=True, exist_ok=True)
             for k in range(per_class):
-                img = class_image(label, size, random.Random(k))
+                img = class_image(label, size, random.Random(offset + k))
                 if k % 2:
                     img.save(folder / f"img_{k:03d}.PNG", format="PNG")
                 else:

@@ -1,26 +1,27 @@
-"""The description audit: reassignment control, WaffleCLIP at the same count, discriminativeness ranking."""
+"""The description audit: reassignment control, w chosen on validation, WaffleCLIP at the same count,
+discriminativeness ranking — on a folder dataset with distinct train, val and test images."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 from fixtures_data import make_folder_dataset
 from typer.testing import CliRunner
 
-from zsclip.audit import audit_descriptions, ranking_quality, reassign
+from zsclip.audit import DescriptionAudit, ranking_quality, reassign
 from zsclip.cli import app
+from zsclip.context import RunContext, SplitRoleError
 from zsclip.datasets import get_dataset
+from zsclip.prompts import format_template
 
 CLASSES = ("001.red_fox", "002.grey_wolf", "003.brown_bear", "004.snow_owl")
 
 
 @pytest.fixture()
 def folder(tmp_path):
-    root = make_folder_dataset(tmp_path / "animals", classes=CLASSES, per_class=4)
-    shutil.copytree(root / "test", root / "val")
+    root = make_folder_dataset(tmp_path / "animals", classes=CLASSES, per_class=4, val=True)
     ds = get_dataset("folder", root)
     descriptors = {name: [f"{name} fur", "four legs", f"a {name.split()[0]} colour"] for name in ds.classnames}
     truth = {name: [{"descriptor": f"{name} fur", "kind": "true"}, {"descriptor": "four legs", "kind": "generic"},
@@ -30,11 +31,24 @@ def folder(tmp_path):
     return ds, tmp_path / "desc.json"
 
 
-def test_reassignment_keeps_counts_and_the_pool():
+def test_permute_reassignment_keeps_counts_and_the_pool():
     per_class = [[0, 1, 2], [3], [], [4, 5]]
-    shuffled = reassign(per_class, np.random.default_rng(0))
+    shuffled = reassign(per_class, 6, np.random.default_rng(0), "permute")
     assert [len(x) for x in shuffled] == [3, 1, 0, 2]
     assert sorted(d for ids in shuffled for d in ids) == [0, 1, 2, 3, 4, 5]
+    assert shuffled != per_class
+
+
+def test_draw_reassignment_samples_the_pool_with_replacement():
+    """The authors' control: each class draws its count uniformly from the whole pool, duplicates collapse."""
+    per_class = [[0, 1, 2, 3, 4, 5, 6, 7]] + [[i] for i in range(8, 40)]
+    draws = [reassign(per_class, 40, np.random.default_rng(s)) for s in range(20)]
+    first = [d[0] for d in draws]
+    assert all(len(ids) == len(set(ids)) and 1 <= len(ids) <= 8 for ids in first)  # collapsed duplicates
+    assert any(len(ids) < 8 for ids in first)  # with replacement: some draws repeat
+    assert any(i >= 8 for ids in first for i in ids)  # from the whole pool, not the class's own
+    assert all(len(d[5]) == 1 for d in draws) and len({d[5][0] for d in draws}) > 5
+    assert reassign(per_class, 40, np.random.default_rng(3)) == reassign(per_class, 40, np.random.default_rng(3))
 
 
 def test_ranking_quality():
@@ -48,32 +62,60 @@ def test_ranking_quality():
 
 def test_audit_record(folder, tiny_encoder):
     ds, desc = folder
-    record = audit_descriptions(ds, tiny_encoder, str(desc), seeds=3, oracle=True)
-    cf = record["classname_free"]
-    assert cf["real"]["weight"] in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-    assert set(cf["real"]["weight_grid_val_top1"]) == {"0", "0.25", "0.5", "1", "2", "4", "8"}
+    audit = DescriptionAudit(descriptors=str(desc), seeds=3, oracle=True)
+    ctx = RunContext(ds, tiny_encoder)
+    record = audit.run(ctx)
+    res = record.results
+    cf = res["classname_free"]
+    assert res["splits"] == {"eval": "test", "choose": "val", "fit": "train"}
+    # w is chosen on the validation images: recompute the grid from the val store directly
+    val = ctx.features("choose")
+    cache = ctx.text_cache
+    pool = sorted({d for ds_ in json.loads(desc.read_text()).values() for d in ds_})
+    emb = dict(zip(pool, cache.encode(pool)))
+    own = json.loads(desc.read_text())
+    means = np.stack([np.mean([emb[d] for d in own[c]], axis=0) for c in ds.classnames])
+    names = cache.encode([format_template("a photo of a {}.", c) for c in ds.classnames])
+    for w, top1 in cf["real"]["weight_grid_val_top1"].items():
+        scores = float(w) * (val.embeddings @ names.T) + val.embeddings @ means.T
+        assert top1 == pytest.approx(100 * float((scores.argmax(1) == val.labels).mean()))
+    best = max(cf["real"]["weight_grid_val_top1"].items(), key=lambda kv: (kv[1], -float(kv[0])))
+    assert cf["real"]["weight"] == float(best[0])
     assert len(cf["reassigned"]["top1"]) == 2 and len(cf["reassigned"]["weights"]) == 3
-    assert cf["real"]["oracle"]["label"].startswith("ORACLE")
-    assert record["with_class_name"]["waffle_count"] == 4  # ~ the 3 descriptions per class, in pairs
-    rows = record["discriminativeness"]
+    assert cf["real"]["oracle"]["label"].startswith("ORACLE: w chosen on the test split")
+    assert res["with_class_name"]["waffle_count"] == 4  # ~ the 3 descriptions per class, in pairs
+    rows = res["discriminativeness"]
     assert len(rows) == 4 * 3 and rows == sorted(rows, key=lambda r: -r["discriminativeness"])
     assert {r["kind"] for r in rows} == {"true", "generic", "wrong"}  # read from desc_truth.json beside desc.json
-    q = record["ranking_quality"]
-    assert q["num_true"] == 4 and 0.0 <= q["auc_true_vs_rest"] <= 1.0
+    assert res["ranking_quality"]["num_true"] == 4
     generic = [r for r in rows if r["descriptor"] == "four legs"]
     # a description every class has separates nothing: its margins over the classes sum to zero
     assert len(generic) == 4 and sum(r["discriminativeness"] for r in generic) == pytest.approx(0.0, abs=1e-5)
-    assert record["split"] == "test" and record["val_split"] == "val" and record["selection_split"] == "train"
+    assert record.kind == "audit" and record.method["params"]["reassignment"] == "draw"
+
+
+def test_audit_never_chooses_on_the_split_it_reports(folder, tiny_encoder):
+    ds, desc = folder
+    with pytest.raises(SplitRoleError, match="'choose' role's split 'val' is the split this run evaluates on"):
+        DescriptionAudit(descriptors=str(desc), seeds=1).run(RunContext(ds, tiny_encoder, eval_split="val"))
 
 
 def test_audit_cli_writes_record_and_plot(folder, tiny_model, tmp_path):
     ds, desc = folder
     out, png = tmp_path / "audit.json", tmp_path / "audit.png"
     res = CliRunner().invoke(app, ["audit-descriptions", "-d", "folder", "--dataset-root", str(ds.root),
-                                   "--descriptors", str(desc), "--seeds", "2", "--model", tiny_model["name"],
-                                   "--pretrained", str(tiny_model["checkpoint"]), "--device", "cpu",
-                                   "-o", str(out), "--plot", str(png)])
+                                   "-p", f"descriptors={desc}", "-p", "seeds=2", "-p", "reassignment=permute",
+                                   "--model", tiny_model["name"], "--pretrained", str(tiny_model["checkpoint"]),
+                                   "--device", "cpu", "-o", str(out), "--plot", str(png)])
     assert res.exit_code == 0, res.output
-    assert "randomly reassigned" in res.output and "least discriminative" in res.output
-    assert json.loads(out.read_text())["descriptors"] == str(desc)
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "randomly reassigned (permute, 2 seeds)" in res.output and "least discriminative" in res.output
+    saved = json.loads(out.read_text())
+    assert saved["results"]["descriptors"] == str(desc) and saved["method"]["params"]["seeds"] == 2
+    from PIL import Image
+
+    with Image.open(png) as img:
+        assert img.size[0] > 600 and img.size[1] > 200
+    bad = CliRunner().invoke(app, ["audit-descriptions", "-d", "folder", "--dataset-root", str(ds.root),
+                                   "-p", "reassignment=shuffle"])
+    assert bad.exit_code == 2 and "'reassignment' parameter of audit-descriptions must be one of draw, permute" \
+        in bad.output

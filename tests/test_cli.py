@@ -28,35 +28,38 @@ def _model_args(tiny_model):
 def test_classify_descriptions_writes_record_and_predictions(cub_root, tiny_model, tmp_path):
     out, preds = tmp_path / "results" / "cub.json", tmp_path / "preds.parquet"
     args = ["classify", "--dataset", "cub", "--dataset-root", str(cub_root), "--method", "descriptions",
-            "--descriptors", "attributes", *_model_args(tiny_model), "--output", str(out),
+            "-p", "descriptors=attributes", *_model_args(tiny_model), "--output", str(out),
             "--predictions", str(preds), "--explain", "1"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "top1" in first.output and "I saw a" in first.output
     record = json.loads(out.read_text())
-    assert record["dataset"] == "cub" and record["split"] == "test" and record["method"] == "descriptions"
-    assert record["model"] == tiny_model["name"] and record["zsclip_version"]
+    assert record["kind"] == "classify" and record["dataset"]["name"] == "cub" and record["dataset"]["split"] == "test"
+    assert record["method"]["name"] == "descriptions" and record["method"]["params"]["descriptors"] == "attributes"
+    assert record["model"]["name"] == tiny_model["name"] and record["zsclip_version"]
     assert set(record["metrics"]) >= {"top1", "top5", "mean_per_class_recall", "per_class_accuracy"}
-    assert record["counts"]["images_encoded"] == 14 and record["counts"]["images_skipped"] == 1
+    assert record["counts"]["images_encoded"] == {"test": 14} and record["counts"]["images_skipped"] == {"test": 1}
     assert record["counts"]["texts_encoded"] == record["counts"]["texts"] > 0
+    assert record["fit_info"]["descriptors"] == "attributes(threshold=50)"
+    assert "classes_without_descriptors" not in record["method"]["params"]
     table = pq.read_table(preds)
     assert table.num_rows == 14 and {"prediction", "topk", "topk_scores", "correct"} <= set(table.column_names)
 
     second = runner.invoke(app, args)
     assert second.exit_code == 0, second.output
     again = json.loads(out.read_text())
-    assert again["counts"]["images_encoded"] == 0 and again["counts"]["texts_encoded"] == 0
-    assert "encoded this run: 0 images, 0 texts" in second.output
+    assert again["counts"]["images_encoded"] == {"test": 0} and again["counts"]["texts_encoded"] == 0
+    assert "encoded this run: images test 0 (0 in all), 0 texts" in second.output
     assert again["metrics"] == record["metrics"]
 
 
 def test_classnames_with_template_ensemble(cub_root, tiny_model, tmp_path):
     out = tmp_path / "r.json"
     res = runner.invoke(app, ["classify", "-d", "cub", "--dataset-root", str(cub_root), "--method", "classnames",
-                              "--templates", "ensemble", *_model_args(tiny_model), "-o", str(out)])
+                              "-p", "templates=ensemble", *_model_args(tiny_model), "-o", str(out)])
     assert res.exit_code == 0, res.output
     record = json.loads(out.read_text())
-    assert record["options"]["templates"] == "ensemble" and record["options"]["num_templates"] == 7
+    assert record["method"]["params"] == {"templates": "ensemble"} and record["fit_info"]["num_templates"] == 7
 
 
 def test_embed_then_store_info(cub_root, tiny_model, tmp_path):
@@ -64,20 +67,20 @@ def test_embed_then_store_info(cub_root, tiny_model, tmp_path):
     res = runner.invoke(app, ["embed", "-d", "cub", "--dataset-root", str(cub_root), "--split", "train",
                               *_model_args(tiny_model), "--store", str(store)])
     assert res.exit_code == 0, res.output
-    assert "encoded this run: 15" in res.output
+    assert "encoded this run: 10" in res.output  # 15 official training images, one per class carved into val
     info = runner.invoke(app, ["store", "info", str(store)])
     assert info.exit_code == 0
     manifest = json.loads(info.output)
-    assert manifest["split"] == "train" and manifest["count"] == 15
+    assert manifest["split"] == "train" and manifest["count"] == 10
 
 
 def test_explain_command(cub_root, tiny_model):
     res = runner.invoke(app, ["explain", "-d", "cub", "--dataset-root", str(cub_root), "--image", "0",
-                              "--image", "2", "--descriptors", "attributes", *_model_args(tiny_model), "--json"])
+                              "--image", "2", "-p", "descriptors=attributes", *_model_args(tiny_model), "--json"])
     assert res.exit_code == 0, res.output
     assert res.output.count('"rows"') == 2 and '"similarity"' in res.output
     bad = runner.invoke(app, ["explain", "-d", "cub", "--dataset-root", str(cub_root), "--image", "99",
-                              "--descriptors", "attributes", *_model_args(tiny_model)])
+                              "-p", "descriptors=attributes", *_model_args(tiny_model)])
     assert bad.exit_code == 2 and "out of range" in bad.output
 
 
@@ -90,9 +93,16 @@ def test_listing_commands():
 
 @pytest.mark.parametrize("extra, message", [
     (["--method", "nope"], "unknown method 'nope'"),
-    (["--method", "descriptions", "--descriptors", "missing.json"], "no such file"),
-    (["--split", "val"], "has no split 'val'"),
-    (["--templates", "no slot here"], "is not a template"),
+    (["--method", "descriptions", "-p", "descriptors=missing.json"], "no such file"),
+    (["--split", "valid"], "has no split 'valid'"),
+    (["-p", "templates=no slot here"], "is not a template"),
+    (["-p", "template=simple"], "classnames has no parameter 'template' (did you mean 'templates'?)"),
+    (["-m", "dds", "-p", "k=0"], "the 'k' parameter of dds must be an int ≥ 1; got 0"),
+    (["-m", "dds", "-p", "weight=nan"], "the 'weight' parameter of dds must be a finite float or None; got nan"),
+    (["-m", "waffle", "--seeds", "0"], "seeds must be ≥ 1"),
+    (["-m", "descriptions", "--seeds", "3"], "--seeds applies to randomised methods"),
+    (["-m", "cupl", "-p", "aggregation=max"], "cupl has no parameter 'aggregation'"),
+    (["-m", "descriptions", "-p", "aggregation"], "is not NAME=VALUE"),
 ])
 def test_bad_input_gives_a_clear_error(cub_root, tiny_model, extra, message):
     res = runner.invoke(app, ["classify", "-d", "cub", "--dataset-root", str(cub_root), *_model_args(tiny_model),
@@ -106,7 +116,7 @@ def test_mismatched_descriptor_file_lists_the_classes(cub_root, tiny_model, tmp_
     f = tmp_path / "desc.json"
     f.write_text(json.dumps({"Black-footed Albatros": ["white"], "Penguin": ["black"]}))
     res = runner.invoke(app, ["classify", "-d", "cub", "--dataset-root", str(cub_root), "-m", "descriptions",
-                              "--descriptors", str(f), *_model_args(tiny_model)])
+                              "-p", f"descriptors={f}", *_model_args(tiny_model)])
     assert res.exit_code == 2
     text = " ".join(res.output.split())
     assert "closest in file: 'black footed albatros'" in text and "'Penguin' matches no class" in text
@@ -157,6 +167,6 @@ def test_the_readme_main_command_on_the_toy_world(tmp_path):
                               "-o", str(out)])
     assert res.exit_code == 0, res.output
     record = json.loads(out.read_text())
-    assert record["model"] == "toyworld" and record["counts"]["images"] == 3000
-    assert record["options"]["descriptors"].endswith("toyworld/descriptors.json")
+    assert record["model"]["name"] == "toyworld" and record["counts"]["images"] == 3000
+    assert record["fit_info"]["descriptors"] == "prompts/toyworld/descriptors.json"
     assert record["metrics"]["top1"] > 10.0  # chance is 1%: the committed model has learned the world

@@ -9,6 +9,7 @@ import socket
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fixtures_data import (
     CUB_ATTRIBUTE_NAMES,
@@ -80,16 +81,34 @@ def test_cub_reads_names_splits_and_labels(cub_parent: Path) -> None:
             "Groove-billed Ani",
             "Crested Auklet",
         ]
-        assert ds.splits == ("train", "test") and ds.default_split == "test"
-        train, test = ds.samples("train"), ds.samples("test")
-        assert len(train) == len(test) == 15
+        assert ds.splits == ("train", "val", "test", "trainval") and ds.default_split == "test"
+        train, val, test = ds.samples("train"), ds.samples("val"), ds.samples("test")
+        assert len(test) == 15 and len(ds.samples("trainval")) == 15
         assert [s.label for s in test] == [c for c in range(5) for _ in range(3)]
         for sample in train + test:
             assert Path(sample.path).is_absolute() and Path(sample.path).exists()
             assert Path(sample.path).parent.name.startswith(f"{sample.label + 1:03d}.")
         ids = [int(Path(s.path).stem.rsplit("_", 1)[1]) for s in test]
         assert ids == sorted(ids)
-        assert ds.describe()["splits"] == {"train": 15, "test": 15}
+        assert ds.describe()["splits"] == {"train": 10, "val": 5, "test": 15, "trainval": 15}
+        assert sorted(s.path for s in train + val) == sorted(s.path for s in ds.samples("trainval"))
+        assert [s.label for s in val] == [0, 1, 2, 3, 4]  # round(10% of 3) → at least 1 per class
+        assert ds.role_splits() == {"fit": "train", "choose": "val", "eval": "test"}
+
+
+def test_cub_validation_split_is_carved_per_class_with_a_seed(tmp_path: Path) -> None:
+    from fixtures_data import make_cub_folder
+
+    root = make_cub_folder(tmp_path, n_classes=3, images_per_class=40, corrupt=0)
+    a, b = get_dataset("cub", root), get_dataset("cub", root)
+    assert [s.path for s in a.samples("val")] == [s.path for s in b.samples("val")]  # stable across loads
+    assert np.bincount([s.label for s in a.samples("val")]).tolist() == [2, 2, 2]  # round(0.1 × 20)
+    other = get_dataset("cub", root, split_seed=1)
+    assert [s.path for s in other.samples("val")] != [s.path for s in a.samples("val")]
+    assert not {s.path for s in a.samples("val")} & {s.path for s in a.samples("train")}
+    half = get_dataset("cub", root, val_fraction=0.5)
+    assert len(half.samples("val")) == 30 and half.describe()["val_fraction"] == 0.5
+    assert a.split_fingerprint("val") != other.split_fingerprint("val")
 
 
 def test_cub_corrupt_image_is_listed_but_unreadable(cub_parent: Path) -> None:

@@ -10,8 +10,8 @@ from fixtures_data import make_cub_folder
 from typer.testing import CliRunner
 
 from zsclip.cli import app
+from zsclip.context import RunContext, SplitRoleError
 from zsclip.datasets import get_dataset
-from zsclip.errors import ZsclipError
 from zsclip.methods.dds import DDS, DDSClassifier, DescriptionPool, select
 
 
@@ -86,12 +86,20 @@ def test_classname_free_scores_match_the_formula():
         assert scores[i].argmax() in hoods[i]
 
 
-def test_dds_refuses_the_test_split(tmp_path, tiny_encoder):
+def test_dds_fits_on_train_and_chooses_on_val_never_on_test(tmp_path, tiny_encoder):
     ds = get_dataset("cub", make_cub_folder(tmp_path, n_classes=3))
-    with pytest.raises(ZsclipError, match="never selects or tunes on the test split"):
-        DDS(descriptors="attributes", selection_split="test").fit(ds, tiny_encoder)
-    with pytest.raises(ZsclipError, match="no 'val' split"):
-        DDS(descriptors="attributes").fit(ds, tiny_encoder)
+    ctx = RunContext(ds, tiny_encoder)
+    dds = DDS(descriptors="attributes").fit(ctx)
+    assert dds.fit_info_["selection_split"] == "train" and dds.fit_info_["weight_chosen_on"] == "val"
+    assert set(ctx.encoded) == {"train", "val"}  # the test store was never built
+    with pytest.raises(SplitRoleError, match="'fit' role's split 'train' is the split this run evaluates on"):
+        DDS(descriptors="attributes").fit(RunContext(ds, tiny_encoder, eval_split="train"))
+
+
+def _cli_args(root, tiny_model, desc, out):
+    return ["classify", "-d", "cub", "--dataset-root", str(root), "-m", "dds", "-p", f"descriptors={desc}",
+            "--model", tiny_model["name"], "--pretrained", str(tiny_model["checkpoint"]), "--device", "cpu",
+            "-p", "weight=1", "-p", "k=3", "-p", "m=2", "-o", str(out)]
 
 
 def test_dds_from_the_cli_records_its_splits(tmp_path, tiny_model):
@@ -100,15 +108,15 @@ def test_dds_from_the_cli_records_its_splits(tmp_path, tiny_model):
     names = get_dataset("cub", root).classnames
     desc.write_text(json.dumps({n: [f"feature {i}", f"shared {i % 2}", "a bird"] for i, n in enumerate(names)}))
     out = tmp_path / "dds.json"
-    args = ["classify", "-d", "cub", "--dataset-root", str(root), "-m", "dds", "--descriptors", str(desc),
-            "--model", tiny_model["name"], "--pretrained", str(tiny_model["checkpoint"]), "--device", "cpu",
-            "--dds-weight", "1", "--dds-k", "3", "--dds-m", "2", "-o", str(out)]
+    args = _cli_args(root, tiny_model, desc, out)
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     record = json.loads(out.read_text())
-    options = record["options"]
-    assert record["counts"]["images_encoded_other_splits"] == {"train": 15}  # w given: no val split needed
-    assert options["selection_split"] == "train" and options["k"] == 3 and options["m"] == 2
-    assert options["pool_size"] == 5 + 2 + 1 and options["n_per_class"] == 3 and options["weight"] == 1.0
-    res = CliRunner().invoke(app, [*args[:-2], "--dds-form", "classname", "--aggregation", "max"])
+    params, info = record["method"]["params"], record["fit_info"]
+    assert record["counts"]["images_encoded"] == {"train": 10, "test": 14}  # w given: no val split needed
+    assert "encoded this run: images train 10, test 14 (24 in all)" in res.output
+    assert info["selection_split"] == "train" and params["k"] == 3 and params["m"] == 2
+    assert info["pool_size"] == 5 + 2 + 1 and info["n_per_class"] == 2 and info["weight"] == 1.0
+    assert "pool_size" not in params and "weight_chosen_on" not in params
+    res = CliRunner().invoke(app, [*args, "-p", "form=classname", "-p", "aggregation=max"])
     assert res.exit_code == 0, res.output

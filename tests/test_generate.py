@@ -279,7 +279,7 @@ def test_describe_contrastive_uses_the_training_split_confusions(cli, truthful_u
         names = dataset.classnames
         return {c: [names[(i + j) % len(names)] for j in range(1, k + 1)] for i, c in enumerate(names)}
 
-    monkeypatch.setattr(generate_cli, "zero_shot_confusions", fake_confusions)
+    monkeypatch.setattr("zsclip.pipeline.zero_shot_confusions", fake_confusions)
     out = tmp_path / "contrastive.json"
     result = CliRunner().invoke(cli, ["describe", "-d", "toyworld", "--llm", "oracle", "--base-url", truthful_url,
                                       "--prompt-style", "contrastive", "--confusions", "2", "--model", "toyworld",
@@ -292,11 +292,11 @@ def test_describe_contrastive_uses_the_training_split_confusions(cli, truthful_u
 
 
 def test_synonyms_command_with_filter_and_errors(cli, oracle_url, tmp_path, monkeypatch):
-    def fake_classifier(dataset: Any, model: str, pretrained: str | None):
+    def fake_classifier(dataset: Any, encoder: Any):
         owner = {n: s.index for s in WORLD.species for n in (s.name, *s.synonyms)}
         return lambda texts: [owner.get(t.removeprefix("a photo of a "), -1) for t in texts]
 
-    monkeypatch.setattr(generate_cli, "clip_synonym_classifier", fake_classifier)
+    monkeypatch.setattr("zsclip.pipeline.clip_text_classifier", fake_classifier)
     out = tmp_path / "synonyms.json"
     runner = CliRunner()
     result = runner.invoke(cli, ["synonyms", "-d", "toyworld", "--llm", "oracle", "--base-url", oracle_url,

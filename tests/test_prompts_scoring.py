@@ -38,9 +38,43 @@ def test_cbd_phrasing(descriptor, phrase):
     assert descriptor_phrase(descriptor) == phrase
 
 
-def test_published_quirk_is_an_option():
-    assert descriptor_phrase("antennae", published_quirk=True) == "which is antennae"
-    assert descriptor_phrase("antennae") == "which has antennae"
+def _authors_sentence(descriptor):
+    """The CbD authors' make_descriptor_sentence, restated: raw, case-sensitive prefix tests in this order."""
+    if descriptor[:1] == "a" or descriptor[:2] == "an":
+        return f"which is {descriptor}"
+    for prefix in ("has", "often", "typically", "may", "can"):
+        if descriptor[: len(prefix)] == prefix:
+            return f"which {descriptor}"
+    if descriptor[:4] == "used":
+        return f"which is {descriptor}"
+    return f"which has {descriptor}"
+
+
+@pytest.mark.parametrize("descriptor, quirk", [
+    ("antennae", "which is antennae"),
+    ("candied fruit", "which candied fruit"),
+    ("Has wings", "which has Has wings"),
+    ("An orange beak", "which has An orange beak"),
+    ("mayfly wings", "which mayfly wings"),
+    ("usedto", "which is usedto"),
+    (" a leading space", "which has  a leading space"),
+    ("hasty", "which hasty"),
+])
+def test_published_quirk_reproduces_the_authors_texts(descriptor, quirk):
+    assert descriptor_phrase(descriptor, published_quirk=True) == quirk == _authors_sentence(descriptor)
+
+
+def test_published_quirk_reaches_the_method(tmp_path):
+    """The quirk option of the descriptions method: raw descriptors (no cleaning, no dedupe), raw prefixes."""
+    ds = get_dataset("cub", make_cub_folder(tmp_path, n_classes=2))
+    raw = ["Has wings", "candied fruit", "It is a seabird.", "Has wings", "antennae"]
+    descriptors = {ds.classnames[0]: raw, ds.classnames[1]: ["long legs"]}
+    quirk = DescriptorPrompts(descriptors=descriptors, published_quirk=True).build(ds)
+    assert quirk.texts_of(0) == [f"Black-footed Albatross, {_authors_sentence(d)}" for d in raw]
+    fixed = DescriptorPrompts(descriptors=descriptors).build(ds)
+    assert fixed.texts_of(0) == ["Black-footed Albatross, which Has wings", "Black-footed Albatross, which has "
+                                 "candied fruit", "Black-footed Albatross, which is a seabird",
+                                 "Black-footed Albatross, which has antennae"]
 
 
 @pytest.mark.parametrize("raw, clean", [
@@ -154,7 +188,7 @@ def test_class_without_descriptors_falls_back_to_its_name(tmp_path):
     assert ps.texts_of(1) == ["a photo of a Laysan Albatross."]
     assert ps.texts_of(2) == ["a photo of a Sooty Albatross."]
     assert not any(t.endswith("which has ") or t.endswith("which has") for t in ps.texts)
-    assert ps.options["classes_without_descriptors"] == 2
+    assert ps.info["classes_without_descriptors"] == 2
 
 
 def test_classname_prompts_use_the_card_ensemble(tmp_path):

@@ -1,18 +1,23 @@
 """Does a description set carry meaning? The controls of METHODS.md §2–3 in one audit.
 
-On a held-out split (``test`` by default; the class-name weight ``w`` is chosen on ``val``):
+The audit runs on a ``RunContext``: it reports on the ``eval`` role's split, chooses the class-name weight
+``w`` on the ``choose`` role's (validation) and measures discriminativeness on the ``fit`` role's (training):
 
 * classname-free scoring, ``s_c(x) = w·v·e("a photo of a {c}.") + mean_{d∈D_c} v·e(d)``, descriptions encoded
   without the class name; the test-set-oracle ``w`` only when asked, and labelled as an oracle;
-* the same with the descriptions randomly reassigned across classes (same count per class, drawn from the
-  pool of all descriptions; several seeds, mean ± std) — if real beats reassigned, the descriptions say
-  something about their classes;
+* the same with the descriptions randomly reassigned (several seeds, mean ± std with ddof = 0): by default
+  as the authors do, each class draws as many descriptions as it has uniformly from the pool WITH
+  replacement (duplicates collapse); ``reassignment="permute"`` shuffles the descriptions across classes
+  instead — if real beats reassigned, the descriptions say something about their classes;
 * descriptions alone (``w = 0``), real and reassigned;
 * CbD with the class name against WaffleCLIP random descriptors at the same count;
-* per-description discriminativeness on the selection split (``train``): ``S[d, c] − mean_{j≠c} S[d, j]``,
+* per-description discriminativeness on the selection split: ``S[d, c] − mean_{j≠c} S[d, j]``,
   where ``S[d, c]`` is the mean cosine of description ``d`` with class ``c``'s images; low or negative
   values flag generic and wrong descriptions. With a truth file (``{class: [{"descriptor", "kind"}]}``,
   kinds true/generic/wrong) the audit reports how well this ranking puts the true ones first.
+
+Its parameters are declared like a method's (``DescriptionAudit.parameters``) and parsed by the same
+``--param NAME=VALUE`` parser.
 """
 
 from __future__ import annotations
@@ -25,17 +30,16 @@ from typing import Any
 import numpy as np
 
 from ._io import read_json
-from ._version import __version__
-from .datasets import Dataset
-from .methods import DescriptorPrompts, WafflePrompts
+from .context import RunContext
+from .methods import Method, Param, jsonable_params, make_method
 from .methods.dds import selection_means
-from .methods.descriptions import resolve_descriptors
-from .models import Encoder
+from .methods.descriptions import SOURCE_DOC
+from .methods.pool import DescriptionPool, DescriptorSource, resolve_descriptors
 from .paths import locate
 from .pipeline import ZeroShotClassifier, aggregate_metrics
 from .prompts import format_template, normalise_descriptor
-from .scoring import evaluate
-from .stores import ImageStore, TextEmbeddingCache
+from .records import Record
+from .scoring import choose_on_validation, evaluate, mean_std
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +59,17 @@ def _top1(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(100 * (scores.argmax(axis=1) == labels).mean())
 
 
-def _pick_weight(name_scores: np.ndarray, desc_scores: np.ndarray, labels: np.ndarray,
-                 grid: Sequence[float]) -> tuple[float, dict[str, float]]:
-    """The ``w`` of ``grid`` with the best top-1 (ties: the smaller ``w``), and the top-1 of each."""
-    results = {f"{w:g}": _top1(w * name_scores + desc_scores, labels) for w in grid}
-    best = max(grid, key=lambda w: (results[f"{w:g}"], -w))
-    return float(best), results
+def reassign(per_class: Sequence[Sequence[int]], pool_size: int, rng: np.random.Generator,
+             mode: str = "draw") -> list[list[int]]:
+    """Randomly reassigned descriptions, each class keeping its number of descriptions.
 
-
-def reassign(per_class: Sequence[Sequence[int]], rng: np.random.Generator) -> list[list[int]]:
-    """The same descriptions shuffled across classes, each class keeping its number of descriptions."""
+    ``draw`` (the authors'): each class draws its count uniformly from the whole pool with replacement, and
+    duplicates collapse; ``permute``: the descriptions of all classes shuffled across classes.
+    """
+    if mode == "draw":
+        return [sorted(set(rng.integers(pool_size, size=len(ids)).tolist())) if ids else [] for ids in per_class]
+    if mode != "permute":
+        raise ValueError(f"reassignment mode {mode!r}")
     flat = np.array([d for ids in per_class for d in ids], dtype=np.int64)
     shuffled = rng.permutation(flat)
     out, start = [], 0
@@ -93,91 +98,132 @@ def ranking_quality(disc: np.ndarray, is_true: np.ndarray) -> dict[str, float]:
             "num_other": int((~is_true).sum())}
 
 
-def audit_descriptions(dataset: Dataset, encoder: Encoder, descriptors: str | Path | None = None, *,
-                       split: str = "test", val_split: str = "val", selection_split: str = "train",
-                       seeds: int = 5, template: str = "a photo of a {}.", truth: str | Path | None = None,
-                       oracle: bool = False, store_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the audit (see the module docstring) and return a JSON-able record."""
-    store_options = store_options or {}
-    cache = TextEmbeddingCache(encoder)
-    per_class_text, source = resolve_descriptors(dataset, descriptors)
-    per_class_text = [list(dict.fromkeys(d for d in map(normalise_descriptor, ds) if d)) for ds in per_class_text]
-    pool = list(dict.fromkeys(d for ds in per_class_text for d in ds))
-    index = {d: i for i, d in enumerate(pool)}
-    per_class = [[index[d] for d in ds] for ds in per_class_text]
-    pool_emb = cache.encode(pool)
-    name_emb = cache.encode([format_template(template, c) for c in dataset.classnames])
-    stores = {s: ImageStore.build(dataset, s, encoder, **store_options) for s in {split, val_split, selection_split}}
-    held, val = stores[split], stores[val_split]
-    labels, val_labels = np.asarray(held.labels), np.asarray(val.labels)
-    v_test = np.asarray(held.embeddings, dtype=np.float32)
-    v_val = np.asarray(val.embeddings, dtype=np.float32)
-    name_test, name_val = v_test @ name_emb.T, v_val @ name_emb.T
-    dim = pool_emb.shape[1]
+class DescriptionAudit(Method):
+    """The description audit: real vs reassigned descriptions, descriptions alone, CbD vs WaffleCLIP,
+    per-description discriminativeness."""
 
-    def classname_free(assign: Sequence[Sequence[int]]) -> dict[str, Any]:
-        means = _class_means(pool_emb, assign, dim)
-        w, grid = _pick_weight(name_val, v_val @ means.T, val_labels, WEIGHT_GRID)
-        desc_test = v_test @ means.T
-        row: dict[str, Any] = {"weight": w, "weight_grid_val_top1": grid,
-                               "top1": _top1(w * name_test + desc_test, labels),
-                               "descriptions_only_top1": _top1(desc_test, labels)}
-        if oracle:
-            w_o, grid_o = _pick_weight(name_test, desc_test, labels, WEIGHT_GRID)
-            row["oracle"] = {"label": "ORACLE: w chosen on the test split", "weight": w_o, "top1": grid_o[f"{w_o:g}"]}
-        return row
-
-    real = classname_free(per_class)
-    shuffled = [classname_free(reassign(per_class, np.random.default_rng(s))) for s in range(seeds)]
-
-    def mean_std(key: str) -> list[float]:
-        vals = np.array([r[key] for r in shuffled])
-        return [float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0]
-
-    cbd = ZeroShotClassifier(DescriptorPrompts(descriptors=dict(zip(dataset.classnames, per_class_text)))
-                             .build(dataset), encoder, cache)
-    counts = [len(ids) for ids in per_class]
-    waffle_count = max(1, round(float(np.mean(counts)) / 2))
-    waffle = WafflePrompts(count=waffle_count, seeds=tuple(range(seeds)), before="", after="")
-    waffle_runs = [evaluate(ZeroShotClassifier(waffle.build(dataset, seed=s), encoder, cache).scores(v_test),
-                            labels, dataset.classnames) for s in range(seeds)]
-    waffle_metrics = aggregate_metrics(waffle_runs)
-
-    S = pool_emb @ selection_means(stores[selection_split], len(dataset.classnames), 1000)[0].T  # |P| × C
-    rows = []
-    for c, ids in enumerate(per_class):
-        for d in ids:
-            others = np.delete(S[d], c)
-            rows.append({"class": dataset.classnames[c], "descriptor": pool[d],
-                         "discriminativeness": float(S[d, c] - others.mean()),
-                         "rank_of_own_class": int((S[d] > S[d, c]).sum()) + 1})
-    rows.sort(key=lambda r: -r["discriminativeness"])
-    truth_path = Path(truth) if truth else _default_truth(source)
-    quality = None
-    if truth_path is not None:
-        kinds = load_truth(truth_path)
-        for r in rows:
-            r["kind"] = kinds.get((r["class"], r["descriptor"]), "unknown")
-        disc = np.array([r["discriminativeness"] for r in rows])
-        is_true = np.array([r["kind"] == "true" for r in rows])
-        quality = {"truth_file": str(truth_path), **ranking_quality(disc, is_true),
-                   "mean_by_kind": {k: float(np.mean([r["discriminativeness"] for r in rows if r["kind"] == k]))
-                                    for k in sorted({r["kind"] for r in rows})}}
-    return {
-        "dataset": dataset.name, "split": split, "val_split": val_split, "selection_split": selection_split,
-        "model": encoder.name, "model_fingerprint": encoder.fingerprint, "descriptors": source,
-        "template": template, "seeds": seeds, "zsclip_version": __version__,
-        "num_descriptions": len(pool), "descriptions_per_class_mean": float(np.mean(counts)),
-        "class_name_only_top1": _top1(name_test, labels),
-        "classname_free": {"real": real, "reassigned": {"top1": mean_std("top1"),
-                                                       "descriptions_only_top1": mean_std("descriptions_only_top1"),
-                                                       "weights": [r["weight"] for r in shuffled]}},
-        "with_class_name": {"cbd_top1": evaluate(cbd.scores(v_test), labels, dataset.classnames)["top1"],
-                            "waffle_top1": [waffle_metrics["top1"], waffle_metrics.get("top1_std", 0.0)],
-                            "waffle_count": 2 * waffle_count},
-        "discriminativeness": rows,
-        "ranking_quality": quality,
+    name = "audit-descriptions"
+    kind = "report"
+    parameters = {
+        "descriptors": Param("source", SOURCE_DOC, nullable=True),
+        "template": Param(str, "the class-name prompt of the classname-free scoring"),
+        "seeds": Param(int, "seeds of the reassignment control and of WaffleCLIP", low=1),
+        "reassignment": Param(str, "draw: each class draws its count from the pool with replacement (the "
+                              "authors'); permute: shuffle the descriptions across classes",
+                              choices=("draw", "permute")),
+        "weight_grid": Param("floats", "candidate class-name weights w, chosen on the choose role (ties: smaller)"),
+        "oracle": Param(bool, "also report w chosen on the evaluation split itself, labelled ORACLE"),
+        "truth": Param(str, "truth file {class: [{descriptor, kind}]} (default: X_truth.json beside X.json)",
+                       nullable=True),
     }
+
+    def __init__(self, descriptors: DescriptorSource = None, template: str = "a photo of a {}.", seeds: int = 5,
+                 reassignment: str = "draw", weight_grid: Sequence[float] = WEIGHT_GRID, oracle: bool = False,
+                 truth: str | None = None) -> None:
+        self.descriptors = descriptors
+        self.template = template
+        self.seeds = seeds
+        self.reassignment = reassignment
+        self.weight_grid = weight_grid
+        self.oracle = oracle
+        self.truth = truth
+
+    def run(self, ctx: RunContext) -> Record:
+        """Run the audit (see the module docstring) on ``ctx`` and return its record."""
+        self.check_params()
+        dataset, encoder, cache = ctx.dataset, ctx.encoder, ctx.text_cache
+        raw, source = resolve_descriptors(dataset, self.descriptors)
+        pool_obj = DescriptionPool.from_lists(raw)
+        pool, per_class = list(pool_obj.texts), [list(ids) for ids in pool_obj.own]
+        pool_emb = cache.encode(pool)
+        name_emb = cache.encode([format_template(self.template, c) for c in dataset.classnames])
+        fit, val = ctx.features("fit"), ctx.features("choose")
+        with ctx.evaluating():
+            held = ctx.features("eval")
+        labels, v_test, v_val = held.labels, held.embeddings, val.embeddings
+        name_test, name_val = v_test @ name_emb.T, v_val @ name_emb.T
+        dim = pool_emb.shape[1]
+
+        def classname_free(assign: Sequence[Sequence[int]]) -> dict[str, Any]:
+            means = _class_means(pool_emb, assign, dim)
+            desc_val, desc_test = v_val @ means.T, v_test @ means.T
+            w, grid = choose_on_validation(self.weight_grid,
+                                           lambda w: _top1(w * name_val + desc_val, val.labels))
+            row: dict[str, Any] = {"weight": w, "weight_grid_val_top1": grid,
+                                   "top1": _top1(w * name_test + desc_test, labels),
+                                   "descriptions_only_top1": _top1(desc_test, labels)}
+            if self.oracle:
+                w_o, grid_o = choose_on_validation(self.weight_grid,
+                                                   lambda w: _top1(w * name_test + desc_test, labels))
+                row["oracle"] = {"label": f"ORACLE: w chosen on the {held.split} split", "weight": w_o,
+                                 "top1": grid_o[f"{w_o:g}"]}
+            return row
+
+        real = classname_free(per_class)
+        shuffled = [classname_free(reassign(per_class, len(pool), np.random.default_rng(s), self.reassignment))
+                    for s in range(self.seeds)]
+        cbd = ZeroShotClassifier(make_method("descriptions", descriptors=dict(zip(dataset.classnames,
+                                                                                 pool_obj.per_class_texts)))
+                                 .build(ctx), encoder, cache)
+        counts = [len(ids) for ids in per_class]
+        waffle_count = max(1, round(float(np.mean(counts)) / 2))
+        waffle_runs = [evaluate(ZeroShotClassifier(make_method("waffle", count=waffle_count, before="", after="",
+                                                               seed=s).build(ctx), encoder, cache).scores(v_test),
+                                labels, dataset.classnames) for s in range(self.seeds)]
+        waffle_metrics = aggregate_metrics(waffle_runs)
+
+        S = pool_emb @ selection_means(fit.embeddings, fit.labels, len(dataset.classnames), 1000)[0].T  # |P| × C
+        rows = []
+        for c, ids in enumerate(per_class):
+            for d in ids:
+                others = np.delete(S[d], c)
+                rows.append({"class": dataset.classnames[c], "descriptor": pool[d],
+                             "discriminativeness": float(S[d, c] - others.mean()),
+                             "rank_of_own_class": int((S[d] > S[d, c]).sum()) + 1})
+        rows.sort(key=lambda r: -r["discriminativeness"])
+        truth_path = Path(self.truth) if self.truth else _default_truth(source)
+        quality = None
+        if truth_path is not None:
+            kinds = load_truth(truth_path)
+            for r in rows:
+                r["kind"] = kinds.get((r["class"], r["descriptor"]), "unknown")
+            disc = np.array([r["discriminativeness"] for r in rows])
+            is_true = np.array([r["kind"] == "true" for r in rows])
+            quality = {"truth_file": str(truth_path), **ranking_quality(disc, is_true),
+                       "mean_by_kind": {k: float(np.mean([r["discriminativeness"] for r in rows if r["kind"] == k]))
+                                        for k in sorted({r["kind"] for r in rows})}}
+
+        def spread(key: str) -> list[float]:
+            return list(mean_std([r[key] for r in shuffled]))
+
+        results = {
+            "descriptors": source, "num_descriptions": len(pool),
+            "descriptions_per_class_mean": float(np.mean(counts)),
+            "class_name_only_top1": _top1(name_test, labels),
+            "classname_free": {"real": real, "reassigned": {"top1": spread("top1"),
+                                                           "descriptions_only_top1": spread("descriptions_only_top1"),
+                                                           "weights": [r["weight"] for r in shuffled]}},
+            "with_class_name": {"cbd_top1": evaluate(cbd.scores(v_test), labels, dataset.classnames)["top1"],
+                                "waffle_top1": [waffle_metrics["top1"], waffle_metrics.get("top1_std", 0.0)],
+                                "waffle_count": 2 * waffle_count},
+            "discriminativeness": rows,
+            "ranking_quality": quality,
+            "splits": {"eval": held.split, "choose": val.split, "fit": fit.split},
+        }
+        return Record(
+            kind="audit",
+            dataset={"name": dataset.name, "root": str(dataset.root) if dataset.root else None, "split": held.split,
+                     "split_fingerprint": dataset.split_fingerprint(held.split)},
+            model={"name": encoder.name, "pretrained": encoder.pretrained, "fingerprint": encoder.fingerprint},
+            method={"name": self.name, "params": jsonable_params(self.get_params()), "seeds": list(range(self.seeds))},
+            run=ctx.describe(),
+            metrics={"classname_free_real_top1": real["top1"],
+                     "classname_free_reassigned_top1": results["classname_free"]["reassigned"]["top1"][0],
+                     "cbd_top1": results["with_class_name"]["cbd_top1"],
+                     "std": "np.std over seeds, ddof=0"},
+            counts={"images_encoded": dict(ctx.encoded), "texts_encoded": cache.texts_encoded},
+            results=results,
+        )
 
 
 def _default_truth(source: str) -> Path | None:
@@ -187,25 +233,27 @@ def _default_truth(source: str) -> Path | None:
     return candidate if path.suffix == ".json" and candidate.is_file() else None
 
 
-def summary_table(record: dict[str, Any]) -> list[tuple[str, str]]:
+def summary_table(record: Record) -> list[tuple[str, str]]:
     """(row, value) pairs a person reads first."""
-    cf = record["classname_free"]
+    res = record.results
+    cf = res["classname_free"]
     fmt = lambda ms: f"{ms[0]:.2f} ± {ms[1]:.2f}"  # noqa: E731
     rows = [
-        ("class name only", f"{record['class_name_only_top1']:.2f}"),
-        (f"classname-free, real descriptions (w={cf['real']['weight']:g} chosen on {record['val_split']})",
+        ("class name only", f"{res['class_name_only_top1']:.2f}"),
+        (f"classname-free, real descriptions (w={cf['real']['weight']:g} chosen on {res['splits']['choose']})",
          f"{cf['real']['top1']:.2f}"),
-        (f"classname-free, randomly reassigned ({record['seeds']} seeds)", fmt(cf["reassigned"]["top1"])),
+        (f"classname-free, randomly reassigned ({record.method['params']['reassignment']}, "
+         f"{len(record.method['seeds'])} seeds)", fmt(cf["reassigned"]["top1"])),
         ("descriptions only (w=0), real", f"{cf['real']['descriptions_only_top1']:.2f}"),
         ("descriptions only (w=0), reassigned", fmt(cf["reassigned"]["descriptions_only_top1"])),
-        ("CbD with class name, real descriptions", f"{record['with_class_name']['cbd_top1']:.2f}"),
-        (f"WaffleCLIP, {record['with_class_name']['waffle_count']} random descriptors",
-         fmt(record["with_class_name"]["waffle_top1"])),
+        ("CbD with class name, real descriptions", f"{res['with_class_name']['cbd_top1']:.2f}"),
+        (f"WaffleCLIP, {res['with_class_name']['waffle_count']} random descriptors",
+         fmt(res["with_class_name"]["waffle_top1"])),
     ]
     if "oracle" in cf["real"]:
         o = cf["real"]["oracle"]
         rows.append((f"{o['label']} (w={o['weight']:g})", f"{o['top1']:.2f}"))
-    q = record.get("ranking_quality")
+    q = res.get("ranking_quality")
     if q:
         rows.append(("discriminativeness ranks true descriptions first: precision@#true",
                      f"{100 * q['precision_at_num_true']:.1f}%"))
@@ -213,7 +261,7 @@ def summary_table(record: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def plot_discriminativeness(record: dict[str, Any], path: str | Path) -> None:
+def plot_discriminativeness(record: Record, path: str | Path) -> None:
     """Per-description discriminativeness, sorted, coloured by kind when a truth file was given (PNG)."""
     import matplotlib
 
@@ -222,7 +270,7 @@ def plot_discriminativeness(record: dict[str, Any], path: str | Path) -> None:
 
     from ._io import atomic_path
 
-    rows = record["discriminativeness"]
+    rows = record.results["discriminativeness"]
     colours = {"true": "tab:green", "generic": "tab:grey", "wrong": "tab:red", "unknown": "tab:blue"}
     fig, (ax, hist) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
     x = np.arange(len(rows))
@@ -235,7 +283,8 @@ def plot_discriminativeness(record: dict[str, Any], path: str | Path) -> None:
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xlabel("descriptions, most discriminative first")
     ax.set_ylabel("S[d, own class] − mean S[d, other classes]")
-    ax.set_title(f"{record['dataset']}: per-description discriminativeness ({record['selection_split']} split)")
+    ax.set_title(f"{record.dataset['name']}: per-description discriminativeness "
+                 f"({record.results['splits']['fit']} split)")
     ax.legend(title="descriptor is", fontsize=8)
     hist.set_xlabel("discriminativeness")
     hist.set_ylabel("descriptions")

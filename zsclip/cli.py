@@ -8,16 +8,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from .cli_common import DatasetOpt, ModelOpt, PretrainedOpt, RootOpt, out, run_or_exit
+from .cli_common import DatasetOpt, ModelOpt, PretrainedOpt, RootOpt, err, out, run_or_exit
 from .errors import ZsclipError
 from .generate_cli import describe, synonyms
+from .pipeline import SUMMARY_METRICS
+from .records import Record
 from .world.cli import app as world_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -25,170 +27,202 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 datasets_app = typer.Typer(no_args_is_help=True, help="List and download datasets.")
 models_app = typer.Typer(no_args_is_help=True, help="List and download model weights.")
 store_app = typer.Typer(no_args_is_help=True, help="Inspect image stores.")
+methods_app = typer.Typer(no_args_is_help=True, help="List methods and their parameters.")
+records_app = typer.Typer(no_args_is_help=True, help="Collect run records into tables.")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(store_app, name="store")
-
-
-
-class Aggregation(str, Enum):
-    mean = "mean"
-    max = "max"
-    sum = "sum"
+app.add_typer(methods_app, name="methods")
+app.add_typer(records_app, name="records")
 
 
 # -- options shared by the commands below -----------------------------------------------------------------
-SplitOpt = Annotated[str | None, typer.Option("--split", help="Split to use (default: the dataset's test split).")]
+MethodOpt = Annotated[str, typer.Option("--method", "-m", help="A registered method (`zsclip methods list`).")]
+ParamOpt = Annotated[list[str] | None, typer.Option(
+    "--param", "-p", help="A method parameter as NAME=VALUE, repeatable (`zsclip methods show METHOD`).")]
+SeedsOpt = Annotated[int | None, typer.Option(
+    "--seeds", help="Randomised methods: how many seeds to run (mean ± std); default: the method's.")]
+ShotsOpt = Annotated[int | None, typer.Option(
+    "--shots", help="Fitted methods: training images per class drawn from the fit split (default: all).")]
+ShotSeedOpt = Annotated[int, typer.Option("--shot-seed", help="Seed of the --shots draw.")]
+SplitOpt = Annotated[str | None, typer.Option(
+    "--split", help="Split to evaluate on (default: the dataset's test split).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16 (autocast on CUDA).")]
 StoreOpt = Annotated[Path | None, typer.Option(
-    "--store", help="Image store folder (default: under the cache root, $ZSCLIP_HOME).")]
+    "--store", help="Image store folder of the evaluated split (default: under the cache root, $ZSCLIP_HOME).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", help="Threads decoding images.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float16 or float32 embeddings on disk.")]
+FromRecordOpt = Annotated[Path | None, typer.Option(
+    "--from-record", help="Re-run the classify record in this JSON file (its dataset, model, method, parameters).")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON record here.")]
 
 
-def _method_options(method: str, *, templates: str | None = None, descriptors: str | None = None,
-                    aggregation: Aggregation | None = None, before: str | None = None, after: str | None = None,
-                    published_quirk: bool = False, attribute_threshold: float | None = None,
-                    count: int | None = None, words: int | None = None, seeds: int | None = None,
-                    mixed: bool = False, dds_k: int | None = None, dds_m: int | None = None,
-                    dds_n: int | None = None, dds_form: str | None = None,
-                    dds_weight: float | None = None) -> dict[str, Any]:
-    """The CLI options that apply to ``method``, as its constructor's keyword arguments."""
-    if method == "classnames":
-        return {"templates": templates}
-    if method == "descriptions":
-        return {"descriptors": descriptors, "aggregation": aggregation.value if aggregation else None,
-                "before": before, "after": after, "published_quirk": published_quirk or None,
-                "attribute_threshold": attribute_threshold}
-    if method == "waffle":
-        return {"descriptors": descriptors, "count": count, "n_words": words,
-                "seeds": tuple(range(seeds)) if seeds else None, "mixed": mixed or None, "before": before,
-                "after": after}
-    if method == "cupl":
-        return {"sentences": descriptors}
-    if method == "dds":
-        return {"descriptors": descriptors, "k": dds_k, "m": dds_m, "n": dds_n, "form": dds_form,
-                "weight": dds_weight, "aggregation": aggregation.value if aggregation else None,
-                "template": templates}
-    return {}
+def _encoded_line(record: Record) -> str:
+    """What this run encoded, per split: "encoded this run: images test 3000, train 1600 · texts 520 · ..."."""
+    c = record.counts
+    images = c.get("images_encoded", {})
+    per_split = ", ".join(f"{split} {n}" for split, n in images.items()) or "none"
+    skipped = sum(c.get("images_skipped", {}).values())
+    return (f"encoded this run: images {per_split} ({sum(images.values())} in all), {c.get('texts_encoded', 0)} texts"
+            f" · unreadable images skipped: {skipped} · texts truncated: {c.get('texts_truncated', 0)}")
 
 
-def _print_metrics(record: dict[str, Any]) -> None:
-    m = record["metrics"]
-    table = Table(title=f"{record['dataset']}/{record['split']} · {record['method']} · {record['model']}")
+def _print_metrics(record: Record) -> None:
+    m = record.metrics
+    table = Table(title=escape(f"{record.dataset['name']}/{record.dataset['split']} · {record.method['name']} · "
+                               f"{record.model['name']}"))
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("top1", "top5", "mean_per_class_recall"):
+    for key in SUMMARY_METRICS:
         if key in m:
             std = f" ± {m[key + '_std']:.2f}" if key + "_std" in m else ""
             table.add_row(key, f"{m[key]:.2f}{std}")
     if "seeds" in m:
-        table.add_row("seeds", str(m["seeds"]))
+        table.add_row("seeds", f"{m['seeds']} (std: ddof=0)")
     table.add_row("images", str(m["num_images"]))
     table.add_row("classes", str(m["num_classes"]))
     out.print(table)
-    c = record["counts"]
-    out.print(f"encoded this run: {c['images_encoded']} images, {c['texts_encoded']} texts · "
-              f"unreadable images skipped: {c['images_skipped']} · texts truncated: {c['texts_truncated']}",
-              highlight=False)
+    if record.fit_info.get("weight_chosen_on"):
+        out.print(f"fit: w = {record.fit_info['weight']:g} chosen on {record.fit_info['weight_chosen_on']}",
+                  highlight=False, markup=False)
+    out.print(_encoded_line(record), highlight=False, markup=False)
+
+
+def _compare_metrics(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """The summary metrics that differ between a record and its re-run."""
+    return [f"{k}: {got.get(k)} (record: {expected.get(k)})" for k in SUMMARY_METRICS
+            if k in expected and got.get(k) != expected.get(k)]
+
+
+def _same_run(path: Path, spec: dict[str, Any]) -> bool:
+    """Whether ``path`` holds a classify record of the run ``spec`` describes (for --skip-existing)."""
+    try:
+        rec = Record.read(path)
+    except ZsclipError:
+        return False
+    have = rec.spec()
+    return all(have.get(k) == v for k, v in spec.items())
 
 
 @app.command()
 def classify(
-    dataset: DatasetOpt,
-    method: Annotated[str, typer.Option(
-        "--method", "-m", help="classnames, descriptions (CbD), waffle (random descriptors), cupl or dds.")
-    ] = "classnames",
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Registered dataset name "
+                                                "(`zsclip datasets list`).")] = None,
+    method: MethodOpt = "classnames",
+    param: ParamOpt = None,
+    seeds: SeedsOpt = None,
     dataset_root: RootOpt = None,
     split: SplitOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
-    templates: Annotated[str | None, typer.Option(
-        "--templates", help="classnames (and the dds class-name prompt): simple, ensemble, openai-imagenet, a "
-        "file, or a literal with {}.")] = None,
-    descriptors: Annotated[str | None, typer.Option(
-        "--descriptors", help="descriptions/waffle/dds: a CbD/CuPL/DDS JSON file, or 'attributes' (dataset "
-        "annotations); cupl: the sentence file. Default: the dataset card's file.")] = None,
-    aggregation: Annotated[Aggregation | None, typer.Option(
-        "--aggregation", help="descriptions: mean (CbD), max or sum of the descriptor cosines; dds classname "
-        "form: mean or max.")] = None,
-    before: Annotated[str | None, typer.Option("--before", help="descriptions: text before each prompt.")] = None,
-    after: Annotated[str | None, typer.Option("--after", help="descriptions: text after each prompt.")] = None,
-    published_quirk: Annotated[bool, typer.Option(
-        "--published-quirk", help="descriptions: phrase as the CbD authors' code did (startswith 'a').")] = False,
-    attribute_threshold: Annotated[float | None, typer.Option(
-        "--attribute-threshold", help="descriptions from attributes: min. % of a class's images.")] = None,
-    count: Annotated[int | None, typer.Option("--count", help="waffle: random word+char pairs (15).")] = None,
-    words: Annotated[int | None, typer.Option("--words", help="waffle: words per random descriptor (2).")] = None,
-    seeds: Annotated[int | None, typer.Option("--seeds", help="waffle: number of seeds, mean ± std (7).")] = None,
-    mixed: Annotated[bool, typer.Option("--mixed", help="waffle: 1/3 real descriptors, 2/3 random.")] = False,
-    dds_k: Annotated[int | None, typer.Option("--dds-k", help="dds: neighbourhood size k (3).")] = None,
-    dds_m: Annotated[int | None, typer.Option("--dds-m", help="dds: descriptions per candidate m (5).")] = None,
-    dds_n: Annotated[int | None, typer.Option("--dds-n", help="dds: selection images per class (1000).")] = None,
-    dds_form: Annotated[str | None, typer.Option(
-        "--dds-form", help="dds: classname-free (default) or classname.")] = None,
-    dds_weight: Annotated[float | None, typer.Option(
-        "--dds-weight", help="dds classname-free: class-name weight w (default: chosen on the val split).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON record here.")] = None,
+    shots: ShotsOpt = None,
+    shot_seed: ShotSeedOpt = 0,
+    output: OutputOpt = None,
     predictions: Annotated[Path | None, typer.Option(
         "--predictions", help="Write per-image predictions and top-5 scores (parquet) here.")] = None,
     explain: Annotated[int, typer.Option("--explain", help="Print explanations for the first N images.")] = 0,
+    from_record: FromRecordOpt = None,
+    skip_existing: Annotated[bool, typer.Option(
+        "--skip-existing", help="With --output: do nothing when that file already holds this run's record.")] = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     store: StoreOpt = None,
+    dtype: DtypeOpt = "float16",
     batch_size: BatchOpt = 64,
     workers: WorkersOpt = 4,
 ) -> None:
-    """Evaluate a zero-shot method on a dataset split: metrics, a JSON record, optional predictions."""
+    """Evaluate a method on a dataset split: metrics, a JSON record, optional predictions and explanations.
+
+    Method parameters are given as `-p NAME=VALUE` (see `zsclip methods show METHOD`).
+    """
+    from .datasets import get_dataset
+    from .methods import jsonable_params, make_method, parse_params
     from .pipeline import classify as run_classify
-    from .pipeline import write_record
+    from .pipeline import classify_from_record, default_model
 
     def go() -> None:
-        opts = _method_options(method, templates=templates, descriptors=descriptors, aggregation=aggregation,
-                               before=before, after=after, published_quirk=published_quirk,
-                               attribute_threshold=attribute_threshold, count=count, words=words, seeds=seeds,
-                               mixed=mixed, dds_k=dds_k, dds_m=dds_m, dds_n=dds_n, dds_form=dds_form,
-                               dds_weight=dds_weight)
-        run = run_classify(dataset, method, dataset_root=dataset_root, split=split, model=model,
-                           pretrained=pretrained, device=device, precision=precision, store=store,
-                           batch_size=batch_size, workers=workers, method_options=opts)
+        if from_record is not None:
+            if dataset or param:
+                raise ZsclipError("--from-record takes the dataset, method and parameters from the record; "
+                                  "leave out --dataset and --param")
+            expected = Record.read(from_record)
+            run = classify_from_record(expected, device=device)
+        else:
+            if not dataset:
+                raise ZsclipError("give --dataset NAME (or --from-record FILE)")
+            params = parse_params(method, param or [])
+            if skip_existing:
+                if output is None:
+                    raise ZsclipError("--skip-existing needs --output: it skips the run when that record exists")
+                ds = get_dataset(dataset, dataset_root)
+                name, pre = default_model(ds, model, pretrained)
+                m = make_method(method, **params)
+                spec = {"kind": "classify", "method": {"name": method, "params": jsonable_params(m.get_params()),
+                                                       "seeds": None if not m.randomised else
+                                                       list(range(seeds or m.default_seeds))}}
+                spec_model = {"name": name, "pretrained": pre}
+                if output.exists() and _same_run(output, spec) and \
+                        {k: Record.read(output).model.get(k) for k in spec_model} == spec_model:
+                    out.print(f"skipped: {output} already holds this run's record", highlight=False, markup=False)
+                    return
+            run = run_classify(dataset, method, params=params, seeds=seeds, dataset_root=dataset_root, split=split,
+                               model=model, pretrained=pretrained, device=device, precision=precision, store=store,
+                               store_dtype=dtype, batch_size=batch_size, workers=workers, shots=shots,
+                               shot_seed=shot_seed)
+            expected = None
         _print_metrics(run.record)
         for row in range(min(explain, len(run.store))):
-            out.print(f"\n[bold]image {row}[/] {run.store.paths[row]}")
-            out.print(run.explain(row).to_text(), highlight=False)
+            out.print(f"\n[bold]image {row}[/] {escape(run.store.paths[row])}")
+            out.print(run.explain(row).to_text(), highlight=False, markup=False)
         if output:
-            write_record(run.record, output)
-            out.print(f"record written to {output}")
+            run.record.write(output)
+            out.print(f"record written to {output}", highlight=False, markup=False)
         if predictions:
             run.write_predictions(predictions)
-            out.print(f"predictions written to {predictions}")
+            out.print(f"predictions written to {predictions}", highlight=False, markup=False)
+        if expected is not None:
+            diffs = _compare_metrics(expected.metrics, run.metrics)
+            if diffs:
+                err.print("the re-run does NOT reproduce the record's metrics: " + "; ".join(diffs), markup=False)
+                raise typer.Exit(1)
+            out.print(f"reproduced the record's metrics exactly ({from_record})", highlight=False, markup=False)
 
     run_or_exit(go)
 
 
 @app.command("explain")
 def explain_cmd(
-    dataset: DatasetOpt,
     image: Annotated[list[int], typer.Option("--image", "-i", help="Row(s) of the split's store to explain.")],
-    method: Annotated[str, typer.Option("--method", "-m")] = "descriptions",
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Registered dataset name.")] = None,
+    method: MethodOpt = "descriptions",
+    param: ParamOpt = None,
+    seeds: SeedsOpt = None,
     dataset_root: RootOpt = None,
     split: SplitOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
-    descriptors: Annotated[str | None, typer.Option("--descriptors")] = None,
-    templates: Annotated[str | None, typer.Option("--templates")] = None,
+    from_record: FromRecordOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
     device: DeviceOpt = "auto",
     store: StoreOpt = None,
 ) -> None:
-    """Explain predictions: each descriptor's similarity for the predicted, true and runner-up classes."""
+    """Explain predictions: each text's similarity for the predicted, true and runner-up classes (DDS: the
+    descriptions it selected per candidate). Takes the same method parameters as classify, or a record."""
+    from .methods import parse_params
     from .pipeline import classify as run_classify
+    from .pipeline import classify_from_record
 
     def go() -> None:
-        opts = _method_options(method, templates=templates, descriptors=descriptors)
-        run = run_classify(dataset, method, dataset_root=dataset_root, split=split, model=model,
-                           pretrained=pretrained, device=device, store=store, method_options=opts)
+        if from_record is not None:
+            run = classify_from_record(from_record, device=device)
+        else:
+            if not dataset:
+                raise ZsclipError("give --dataset NAME (or --from-record FILE)")
+            run = run_classify(dataset, method, params=parse_params(method, param or []), seeds=seeds,
+                               dataset_root=dataset_root, split=split, model=model, pretrained=pretrained,
+                               device=device, store=store)
         for row in image:
             if not 0 <= row < len(run.store):
                 raise ZsclipError(f"--image {row} is out of range: the store has {len(run.store)} images")
@@ -196,8 +230,8 @@ def explain_cmd(
             if as_json:
                 out.print_json(json.dumps({"image": row, "path": run.store.paths[row], "rows": expl.to_records()}))
             else:
-                out.print(f"[bold]image {row}[/] {run.store.paths[row]}")
-                out.print(expl.to_text(), highlight=False)
+                out.print(f"[bold]image {row}[/] {escape(run.store.paths[row])}")
+                out.print(expl.to_text(), highlight=False, markup=False)
 
     run_or_exit(go)
 
@@ -209,7 +243,7 @@ def embed(
     split: SplitOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="float16 or float32 embeddings on disk.")] = "float16",
+    dtype: DtypeOpt = "float16",
     index: Annotated[str, typer.Option("--index", help="FAISS index-factory string (inner product).")] = "Flat",
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
@@ -229,7 +263,7 @@ def embed(
                              batch_size=batch_size, workers=workers)
         out.print(f"store {s.path}: {len(s)} images, dim {s.dim}, {s.manifest['dtype']}; encoded this run: "
                   f"{s.build_stats.images_encoded}; unreadable skipped: {s.build_stats.images_skipped}",
-                  highlight=False)
+                  highlight=False, markup=False)
 
     run_or_exit(go)
 
@@ -237,56 +271,115 @@ def embed(
 @app.command("audit-descriptions")
 def audit_descriptions_cmd(
     dataset: DatasetOpt,
-    descriptors: Annotated[str | None, typer.Option(
-        "--descriptors", help="Descriptor file (default: the dataset card's), or 'attributes'.")] = None,
+    param: ParamOpt = None,
     dataset_root: RootOpt = None,
-    split: Annotated[str, typer.Option("--split", help="Held-out split the audit reports on.")] = "test",
-    val_split: Annotated[str, typer.Option("--val-split", help="Split the class-name weight w is chosen on.")]
-    = "val",
-    selection_split: Annotated[str, typer.Option(
-        "--selection-split", help="Labelled split for per-description discriminativeness.")] = "train",
-    seeds: Annotated[int, typer.Option("--seeds", help="Seeds for reassignment and WaffleCLIP.")] = 5,
-    truth: Annotated[Path | None, typer.Option(
-        "--truth", help="Truth file {class: [{descriptor, kind}]} (default: X_truth.json beside X.json).")] = None,
-    oracle: Annotated[bool, typer.Option(
-        "--oracle", help="Also report w chosen on the held-out split itself (an oracle, labelled so).")] = False,
+    split: Annotated[str | None, typer.Option("--split", help="Split the audit reports on (default: test).")]
+    = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = "auto",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON record here.")] = None,
+    output: OutputOpt = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the discriminativeness plot (PNG) here.")]
     = None,
     show: Annotated[int, typer.Option("--show", help="List the N least discriminative descriptions.")] = 10,
 ) -> None:
-    """Does a description set carry meaning? Real vs reassigned descriptions, WaffleCLIP, discriminativeness."""
-    from .audit import audit_descriptions, plot_discriminativeness, summary_table
+    """Does a description set carry meaning? Real vs reassigned descriptions, WaffleCLIP, discriminativeness.
+
+    Parameters as `-p NAME=VALUE` (descriptors, template, seeds, reassignment, weight_grid, oracle, truth);
+    `zsclip methods show audit-descriptions` lists them. w is chosen on the dataset's validation split.
+    """
+    from .audit import DescriptionAudit, plot_discriminativeness, summary_table
+    from .context import RunContext
     from .datasets import get_dataset
-    from .pipeline import encoder_for, write_record
+    from .methods import parse_params
+    from .pipeline import encoder_for
 
     def go() -> None:
+        audit = DescriptionAudit(**parse_params(DescriptionAudit, param or []))
         ds = get_dataset(dataset, dataset_root)
         encoder = encoder_for(ds, model, pretrained, device=device)
-        record = audit_descriptions(ds, encoder, descriptors, split=split, val_split=val_split,
-                                    selection_split=selection_split, seeds=seeds, truth=truth, oracle=oracle)
-        table = Table(title=f"description audit: {record['dataset']}/{split} · {record['descriptors']}")
+        record = audit.run(RunContext(ds, encoder, eval_split=split))
+        table = Table(title=escape(f"description audit: {ds.name}/{record.dataset['split']} · "
+                                   f"{record.results['descriptors']}"))
         table.add_column("")
         table.add_column("top-1 %", justify="right")
         for label, value in summary_table(record):
-            table.add_row(label, value)
+            table.add_row(escape(label), value)
         out.print(table)
         if show:
-            worst = Table(title=f"the {show} least discriminative descriptions ({selection_split} split)")
+            worst = Table(title=f"the {show} least discriminative descriptions ({record.results['splits']['fit']} "
+                                "split)")
             for col in ("class", "descriptor", "discriminativeness", "kind"):
                 worst.add_column(col)
-            for r in record["discriminativeness"][-show:][::-1]:
-                worst.add_row(r["class"], r["descriptor"], f"{r['discriminativeness']:+.4f}", r.get("kind", ""))
+            for r in record.results["discriminativeness"][-show:][::-1]:
+                worst.add_row(escape(r["class"]), escape(r["descriptor"]), f"{r['discriminativeness']:+.4f}",
+                              r.get("kind", ""))
             out.print(worst)
         if output:
-            write_record(record, output)
-            out.print(f"record written to {output}")
+            record.write(output)
+            out.print(f"record written to {output}", highlight=False, markup=False)
         if plot:
             plot_discriminativeness(record, plot)
-            out.print(f"plot written to {plot}")
+            out.print(f"plot written to {plot}", highlight=False, markup=False)
+
+    run_or_exit(go)
+
+
+@methods_app.command("list")
+def methods_list() -> None:
+    """The registered methods, their kind and a one-line summary."""
+    from .methods import describe_method, list_methods
+
+    table = Table("method", "kind", "summary")
+    for cls in sorted(list_methods(), key=lambda c: c.name):
+        d = describe_method(cls.name)
+        kind = d["kind"] + (f", randomised ({d['default_seeds']} seeds)" if d["randomised"] else "")
+        table.add_row(cls.name, kind, escape(d["summary"]))
+    out.print(table)
+
+
+@methods_app.command("show")
+def methods_show(name: Annotated[str, typer.Argument(help="A method name, or audit-descriptions.")]) -> None:
+    """A method's parameters: default, allowed values and what each does (from the code)."""
+    from .audit import DescriptionAudit
+    from .methods import describe_method
+
+    def go() -> None:
+        d = describe_method(DescriptionAudit if name == DescriptionAudit.name else name)
+        params, summary = d["parameters"], d["summary"]
+        kind = d["kind"] + (f", randomised (default {d['default_seeds']} seeds, --seeds N)" if d["randomised"]
+                            else "")
+        out.print(f"[bold]{escape(name)}[/] ({kind}): {escape(' '.join(summary.split()))}")
+        table = Table("parameter", "default", "allowed", "what it does")
+        for p in params:
+            table.add_row(p["name"], escape(repr(p["default"])), escape(p["constraint"]), escape(p["doc"]))
+        out.print(table)
+        out.print(f"set with: -p NAME=VALUE (e.g. zsclip classify -d DATASET -m {escape(name)} -p "
+                  f"{params[0]['name'] if params else 'NAME'}=...)", highlight=False)
+
+    run_or_exit(go)
+
+
+@records_app.command("table")
+def records_table_cmd(
+    folder: Annotated[Path, typer.Argument(help="Folder searched (recursively) for zsclip JSON records.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the table here.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="markdown, csv or parquet (default: from the "
+                                     "output's suffix, else markdown).")] = "",
+) -> None:
+    """Collect every record under FOLDER into one table (one row per run)."""
+    from .records import find_records, records_table, write_table
+
+    def go() -> None:
+        chosen = fmt or {".csv": "csv", ".parquet": "parquet"}.get(output.suffix if output else "", "markdown")
+        found = find_records(folder)
+        if not found:
+            raise ZsclipError(f"no zsclip records (JSON with 'kind' and format 2) under {folder}")
+        text = write_table(records_table(found, Path(folder)), output, chosen)
+        if text is not None:
+            out.print(text, highlight=False, markup=False)
+        else:
+            out.print(f"wrote {output}: {len(found)} records", highlight=False, markup=False)
 
     run_or_exit(go)
 
@@ -370,6 +463,55 @@ def store_info(path: Annotated[Path, typer.Argument(help="Image store folder.")]
 
     def go() -> None:
         out.print_json(json.dumps(ImageStore.open(path).info()))
+
+    run_or_exit(go)
+
+
+@store_app.command("list")
+def store_list() -> None:
+    """The image stores under the cache root ($ZSCLIP_HOME/stores): path, dataset, split, model, images."""
+    from .paths import cache_root
+
+    root = cache_root() / "stores"
+    table = Table("store", "dataset/split", "model", "images", "dtype")
+    for path in sorted(root.glob("*/manifest.json")) if root.is_dir() else []:
+        try:
+            m = json.loads(path.read_text())
+            table.add_row(escape(str(path.parent)), escape(f"{m['dataset']['name']}/{m['split']}"),
+                          escape(str(m["model"].get("model"))), str(m["count"]), str(m["dtype"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            table.add_row(escape(str(path.parent)), "(unreadable manifest)", "", "", "")
+    out.print(table)
+    out.print(f"cache root: {root.parent}", highlight=False, markup=False)
+
+
+@world_app.command("table")
+def world_table(
+    model: Annotated[str, typer.Option(help="Model to evaluate (default: the committed tiny CLIP).")] = "toyworld",
+    write: Annotated[Path | None, typer.Option("--write", help="Also write the table as Markdown.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the numbers as JSON.")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Measure the methods' claims in miniature: test top-1 per species tier, with the world's ceilings."""
+    from ._io import write_bytes_atomic, write_json_atomic
+    from .claims import claims_table, to_markdown
+
+    def go() -> None:
+        result = claims_table(model=model, device=device)
+        markdown = to_markdown(result)
+        out.print(markdown, highlight=False, markup=False)
+        if json_out:
+            write_json_atomic(json_out, result)
+            out.print(f"wrote {json_out}", highlight=False, markup=False)
+        if write:
+            text = (f"# The toy world's table of claims\n\nTop-1 (%) on the `toyworld` test split "
+                    f"({result['split']}, 30 sketch-style images per species), model `{result['model']}` "
+                    f"(fingerprint `{result['model_fingerprint']}`). Columns are the species' corpus tiers (species "
+                    "count in brackets); seeded rows give mean ± std over seeds (np.std, ddof = 0). Regenerate "
+                    "with `zsclip world table --write docs/toyworld.md --json docs/toyworld.json`.\n\n"
+                    + markdown + "\n")
+            write_bytes_atomic(write, text.encode())
+            out.print(f"wrote {write}", highlight=False, markup=False)
 
     run_or_exit(go)
 

@@ -10,12 +10,10 @@ stop or a crash resumes it, and a finished one makes no call at all.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 
 from .cli_common import DatasetOpt, RootOpt, err, out, run_or_exit
@@ -23,7 +21,6 @@ from .errors import ZsclipError
 from .generate import (
     FILTER_TEMPLATE,
     GenerationResult,
-    confusions_from_scores,
     filter_synonyms,
     generate_descriptors,
     generate_synonyms,
@@ -85,35 +82,6 @@ def dataset_domain(dataset: Dataset) -> str:
     return str(words[0]) if words else "object"
 
 
-def zero_shot_confusions(dataset: Dataset, model: str | None, pretrained: str | None, k: int) -> dict[str, list[str]]:
-    """The ``k`` most-confused classes of every class, from a zero-shot class-name run on the TRAINING split
-    (the test split is never looked at)."""
-    from .pipeline import classify
-
-    if "train" not in dataset.splits:
-        raise ZsclipError(f"contrastive descriptors need a training split to measure confusions on; dataset "
-                          f"{dataset.name!r} has only {', '.join(dataset.splits)}")
-    run = classify(dataset, "classnames", split="train", model=model, pretrained=pretrained)
-    return confusions_from_scores(run.scores, run.labels, dataset.classnames, k)
-
-
-def clip_synonym_classifier(dataset: Dataset, model: str, pretrained: str | None
-                            ) -> Callable[[list[str]], np.ndarray]:
-    """REAL's synonym check as a function: texts → the class whose "a photo of a {classname}." prompt their
-    CLIP text embedding is closest to."""
-    from .methods.classnames import ClassNamePrompts
-    from .models import load_model
-    from .pipeline import ZeroShotClassifier
-
-    encoder = load_model(model, pretrained)
-    classifier = ZeroShotClassifier(ClassNamePrompts("simple").build(dataset), encoder)
-
-    def classify_texts(texts: list[str]) -> np.ndarray:
-        return classifier.predict(encoder.encode_texts(texts))
-
-    return classify_texts
-
-
 def _client(llm: str | None, base_url: str | None, max_calls: int | None, max_cost: float | None,
             refresh: bool) -> LLMClient:
     from .llm import LLMClient
@@ -162,7 +130,11 @@ def describe(
         ds = get_dataset(dataset, dataset_root)
         style = prompt_style.value
         with _client(llm, base_url, max_calls, max_cost, refresh) as client:
-            confused = zero_shot_confusions(ds, model, pretrained, confusions) if style == "contrastive" else None
+            confused = None
+            if style == "contrastive":
+                from .pipeline import zero_shot_confusions
+
+                confused = zero_shot_confusions(ds, model, pretrained, confusions)
             result = generate_descriptors(ds.classnames, client, style, domain=dataset_domain(ds),
                                           confusions=confused, samples=samples, temperature=temperature,
                                           seed=seed, prompt_file=prompt_file)
@@ -209,10 +181,11 @@ def synonyms(
                               f"{next(iter(result.failed.values()))}")
         per_class, provenance = result.per_class, dict(result.provenance)
         if filter_:
-            from .pipeline import default_model
+            from .models import load_model
+            from .pipeline import clip_text_classifier, default_model
 
             clip_model, clip_pretrained = default_model(ds, model, pretrained)
-            per_class = filter_synonyms(per_class, clip_synonym_classifier(ds, clip_model, clip_pretrained))
+            per_class = filter_synonyms(per_class, clip_text_classifier(ds, load_model(clip_model, clip_pretrained)))
             kept = sum(len(v) - 1 for v in per_class.values())
             total = sum(len(v) - 1 for v in result.per_class.values())
             provenance["clip_filter"] = {"model": clip_model, "pretrained": clip_pretrained,

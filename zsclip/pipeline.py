@@ -1,27 +1,31 @@
-"""The classification pipeline: dataset → image store → prompt set → scorer → metrics and record.
+"""The classification pipeline: dataset → run context (image stores by role) → method → scorer → record.
 
 ``ZeroShotClassifier`` is the notebook-sized piece (a prompt set embedded through the text cache);
-``classify`` runs one whole evaluation and returns everything it made, including the JSON record that
-``zsclip classify --output`` writes.
+``run_method`` fits or builds any registered method on a run context (every seed of a randomised one);
+``classify`` runs one whole evaluation and returns everything it made, including the ``Record`` that
+``zsclip classify --output`` writes; ``classify_from_record`` re-runs a record.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._io import atomic_path, write_json_atomic
-from ._version import __version__
+from ._io import atomic_path
+from .context import RunContext
 from .datasets import Dataset, get_dataset
-from .methods import get_method
+from .errors import ZsclipError
+from .methods import Method, jsonable_params, make_method
 from .models import Encoder, load_model
 from .prompts import PromptSet
-from .scoring import Explanation, Scorer, evaluate, explain, topk_indices
+from .records import Record
+from .scoring import STD_CONVENTION, Explanation, Scorer, evaluate, explain, mean_std, topk_indices
 from .stores import ImageStore, TextEmbeddingCache
 
 log = logging.getLogger(__name__)
@@ -65,17 +69,82 @@ class ZeroShotClassifier:
 
 
 @dataclass
+class MethodRun:
+    """A method made ready on a run context: one classifier per seed, with the facts for the record."""
+
+    method: Method
+    seeds: list[int] | None
+    classifiers: list[Any]
+    fit_info: dict[str, Any]
+    texts_truncated: int
+    fit_seconds: float
+
+
+def _seed_list(method: Method, seeds: int | Sequence[int] | None) -> list[int] | None:
+    if not method.randomised:
+        if seeds is not None:
+            raise ZsclipError(f"--seeds applies to randomised methods; {method.name} is deterministic")
+        return None
+    if seeds is None:
+        return list(range(method.default_seeds))
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ZsclipError(f"seeds must be ≥ 1 (the number of seeds to run); got {seeds}")
+        return list(range(seeds))
+    seed_list = [int(s) for s in seeds]
+    if not seed_list or len(set(seed_list)) != len(seed_list) or min(seed_list) < 0:
+        raise ZsclipError(f"seeds must be a non-empty list of distinct seeds ≥ 0; got {list(seeds)}")
+    return seed_list
+
+
+def run_method(ctx: RunContext, method: Method, seeds: int | Sequence[int] | None = None) -> MethodRun:
+    """Build (prompt method) or fit (fitted method) ``method`` on ``ctx`` once per seed.
+
+    Fitting happens in the context's fitting phase, so a method that asks for the ``eval`` role raises.
+    """
+    method.check_params()
+    seed_list = _seed_list(method, seeds)
+    instances = [method] if seed_list is None else [type(method)(**{**method.get_params(), "seed": s})
+                                                    for s in seed_list]
+    start = time.perf_counter()
+    classifiers: list[Any] = []
+    fit_info: dict[str, Any] = {}
+    truncated = 0
+    for inst in instances:
+        if method.kind == "fitted":
+            if ctx.phase != "fit":
+                raise ZsclipError("run_method fits in the context's fitting phase, not inside ctx.evaluating()")
+            inst.fit(ctx)
+            classifiers.append(inst)
+            info = dict(inst.fit_info_)
+        else:
+            prompt_set = inst.build(ctx)
+            clf = ZeroShotClassifier(prompt_set, ctx.encoder, ctx.text_cache)
+            classifiers.append(clf)
+            truncated += len(clf.truncated)
+            info = dict(prompt_set.info)
+        if not fit_info:
+            fit_info = info
+        elif seed_list is not None:  # per-seed facts that differ are kept per seed
+            for key, value in info.items():
+                if fit_info.get(key) != value:
+                    fit_info.setdefault("per_seed", {}).setdefault(key, []).append(value)
+    return MethodRun(method, seed_list, classifiers, fit_info, truncated, time.perf_counter() - start)
+
+
+@dataclass
 class ClassificationRun:
-    """Everything one evaluation made: inputs, scores, metrics and the JSON record."""
+    """Everything one evaluation made: inputs, scores, metrics and the record."""
 
     dataset: Dataset
     split: str
     encoder: Encoder
     store: ImageStore
-    classifier: Any  # ZeroShotClassifier (of the first seed, for randomised methods) or a fitted DDS
+    classifier: Any  # the first seed's ZeroShotClassifier, or the fitted method
     seed_scores: list[np.ndarray]  # N × C scores per seed (one entry for deterministic methods)
     metrics: dict[str, Any]
-    record: dict[str, Any]
+    record: Record
+    context: RunContext
 
     @property
     def scores(self) -> np.ndarray:
@@ -116,16 +185,15 @@ SUMMARY_METRICS = ("top1", "top5", "mean_per_class_recall")
 
 
 def aggregate_metrics(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """One seed's metrics as they are; several seeds' as the mean, with ``<metric>_std`` and ``per_seed``."""
+    """One seed's metrics as they are; several seeds' as the mean, with ``<metric>_std`` (``mean_std``: ddof = 0)
+    and ``per_seed``."""
     if len(per_seed) == 1:
         return per_seed[0]
     out: dict[str, Any] = {"num_images": per_seed[0]["num_images"], "num_classes": per_seed[0]["num_classes"],
-                           "seeds": len(per_seed)}
+                           "seeds": len(per_seed), "std": STD_CONVENTION}
     for key in SUMMARY_METRICS:
         if key in per_seed[0]:
-            values = np.array([m[key] for m in per_seed])
-            out[key] = float(values.mean())
-            out[f"{key}_std"] = float(values.std(ddof=1))
+            out[key], out[f"{key}_std"] = mean_std([m[key] for m in per_seed])
     out["per_class_accuracy"] = {name: float(np.mean([m["per_class_accuracy"][name] for m in per_seed]))
                                  for name in per_seed[0]["per_class_accuracy"]}
     out["per_seed"] = [{k: m[k] for k in SUMMARY_METRICS if k in m} for m in per_seed]
@@ -150,67 +218,107 @@ def encoder_for(dataset: Dataset, model: str | None = None, pretrained: str | No
     return load_model(name, pre, device=device, precision=precision)
 
 
-def classify(dataset: str | Dataset, method: str = "classnames", *, dataset_root: str | Path | None = None,
+def classify(dataset: str | Dataset, method: str | Method = "classnames", *, params: dict[str, Any] | None = None,
+             seeds: int | Sequence[int] | None = None, dataset_root: str | Path | None = None,
              split: str | None = None, model: str | Encoder | None = None, pretrained: str | None = None,
              device: str = "auto", precision: str = "fp32", store: str | Path | None = None,
              store_dtype: str = "float16", index: str = "Flat", batch_size: int = 64, workers: int = 4,
-             method_options: dict[str, Any] | None = None) -> ClassificationRun:
-    """Evaluate a zero-shot method on a dataset split and return the run (see ``ClassificationRun``).
+             shots: int | None = None, shot_seed: int = 0, llm: Any = None) -> ClassificationRun:
+    """Evaluate a method on a dataset split and return the run (see ``ClassificationRun``).
 
-    Image embeddings come from the store (built on first use), text embeddings from the text cache, so a
-    repeated run encodes nothing; ``record["counts"]`` says what this run encoded and skipped.
+    ``method`` is a registered name (with ``params``) or a method object; ``seeds`` (a count or a list) applies
+    to randomised methods (default: the method's ``default_seeds``). Image embeddings come from the stores
+    (built on first use), text embeddings from the text cache, so a repeated run encodes nothing;
+    ``record.counts`` says what this run encoded and skipped, per split.
     """
+    t0 = time.perf_counter()
     ds = dataset if isinstance(dataset, Dataset) else get_dataset(dataset, dataset_root)
-    split = split or ds.default_split
+    method_obj = method if isinstance(method, Method) else make_method(method, **(params or {}))
+    if isinstance(method, Method) and params:
+        method_obj.set_params(**params)
     encoder = model if isinstance(model, Encoder) else encoder_for(ds, model, pretrained, device=device,
                                                                    precision=precision)
-    image_store = ImageStore.build(ds, split, encoder, store, dtype=store_dtype, index=index,
-                                   batch_size=batch_size, workers=workers)
-    method_obj = get_method(method, **(method_options or {}))
-    cache = TextEmbeddingCache(encoder)
-    truncated = 0
-    other_splits: dict[str, int] = {}  # images a method encoded for its own splits (DDS: train, val)
-    if hasattr(method_obj, "fit"):  # per-image methods (DDS) fit on the training/validation splits
-        clf: Any = method_obj.fit(ds, encoder, cache, {"dtype": store_dtype, "index": index,
-                                                      "batch_size": batch_size, "workers": workers})
-        seed_scores = [clf.scores(image_store.embeddings)]
-        options = dict(method_obj.options)
-        other_splits = dict(method_obj.images_encoded)
-    else:
-        seeds = getattr(method_obj, "seeds", None)
-        prompt_sets = [method_obj.build(ds, seed=s) for s in seeds] if seeds else [method_obj.build(ds)]
-        classifiers = [ZeroShotClassifier(ps, encoder, cache) for ps in prompt_sets]
-        seed_scores = [c.scores(image_store.embeddings) for c in classifiers]
-        clf = classifiers[0]
-        options = {k: v for k, v in prompt_sets[0].options.items() if k != "seed"}
-        truncated = sum(len(c.truncated) for c in classifiers)
-    metrics = aggregate_metrics([evaluate(sc, image_store.labels, ds.classnames) for sc in seed_scores])
-    record = {
-        "dataset": ds.name,
-        "dataset_root": str(ds.root) if ds.root else None,
-        "split": split,
-        "model": encoder.name,
-        "pretrained": encoder.pretrained,
-        "model_fingerprint": encoder.fingerprint,
-        "method": method,
-        "options": options,
-        "metrics": metrics,
-        "counts": {
-            "images": len(image_store),
-            "images_encoded": image_store.build_stats.images_encoded,
-            "images_encoded_other_splits": other_splits,
-            "images_skipped": image_store.build_stats.images_skipped,
-            "texts": cache.texts_requested,
-            "texts_encoded": cache.texts_encoded,
-            "texts_truncated": truncated,
-        },
-        "store": str(image_store.path),
-        "zsclip_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    ctx = RunContext(ds, encoder, llm=llm, eval_split=split or ds.default_split, eval_store_path=store,
+                     store_options={"dtype": store_dtype, "index": index, "batch_size": batch_size,
+                                    "workers": workers}, shots=shots, shot_seed=shot_seed)
+    prepared = run_method(ctx, method_obj, seeds)
+    t_score = time.perf_counter()
+    with ctx.evaluating():
+        eval_store = ctx.store("eval")
+        seed_scores = [clf.scores(eval_store.embeddings) for clf in prepared.classifiers]
+    eval_split = ctx.roles["eval"]
+    metrics = aggregate_metrics([evaluate(sc, eval_store.labels, ds.classnames) for sc in seed_scores])
+    cache = ctx.text_cache
+    record = Record(
+        kind="classify",
+        dataset={"name": ds.name, "root": str(ds.root) if ds.root else None, "split": eval_split,
+                 "split_fingerprint": ds.split_fingerprint(eval_split), "info": ds.describe()},
+        model={"name": encoder.name, "pretrained": encoder.pretrained, "fingerprint": encoder.fingerprint},
+        method={"name": method_obj.name, "params": jsonable_params(method_obj.get_params()),
+                "seeds": prepared.seeds},
+        run={"store_dtype": store_dtype, "index": index, **ctx.describe()},
+        fit_info=prepared.fit_info,
+        metrics=metrics,
+        counts={"images": len(eval_store), "images_encoded": dict(ctx.encoded),
+                "images_skipped": dict(ctx.skipped), "texts": cache.texts_requested,
+                "texts_encoded": cache.texts_encoded, "texts_truncated": prepared.texts_truncated},
+        timings={"fit_seconds": round(prepared.fit_seconds, 3),
+                 "score_seconds": round(time.perf_counter() - t_score, 3),
+                 "total_seconds": round(time.perf_counter() - t0, 3)},
+        results={"store": str(eval_store.path)},
+    )
+    return ClassificationRun(ds, eval_split, encoder, eval_store, prepared.classifiers[0], seed_scores, metrics,
+                             record, ctx)
+
+
+def classify_from_record(record: Record | str | Path, **overrides: Any) -> ClassificationRun:
+    """Re-run a classify record: same dataset, split, model, method parameters, seeds and store settings."""
+    rec = record if isinstance(record, Record) else Record.read(record)
+    if rec.kind != "classify":
+        raise ZsclipError(f"--from-record re-runs classify records; this one is a {rec.kind!r} record")
+    model, pretrained = rec.model.get("name"), rec.model.get("pretrained")
+    if model == "toyworld" or (model or "").startswith(("local-dir:", "hf-hub:")):
+        pretrained = None
+    kwargs: dict[str, Any] = {
+        "params": dict(rec.method.get("params") or {}), "seeds": rec.method.get("seeds"),
+        "dataset_root": rec.dataset.get("root"), "split": rec.dataset.get("split"), "model": model,
+        "pretrained": pretrained, "store_dtype": rec.run.get("store_dtype", "float16"),
+        "index": rec.run.get("index", "Flat"), "shots": rec.run.get("shots"),
+        "shot_seed": rec.run.get("shot_seed") or 0,
     }
-    return ClassificationRun(ds, split, encoder, image_store, clf, seed_scores, metrics, record)
+    kwargs.update(overrides)
+    run = classify(rec.dataset["name"], rec.method["name"], **kwargs)
+    expected = rec.dataset.get("split_fingerprint")
+    if expected and run.record.dataset["split_fingerprint"] != expected:
+        log.warning("the split's samples changed since the record was made (fingerprint %s, now %s)", expected,
+                    run.record.dataset["split_fingerprint"])
+    if rec.model.get("fingerprint") and run.encoder.fingerprint != rec.model["fingerprint"]:
+        log.warning("the model's weights differ from the record's (fingerprint %s, now %s)",
+                    rec.model["fingerprint"], run.encoder.fingerprint)
+    return run
 
 
-def write_record(record: dict[str, Any], path: str | Path) -> None:
-    """Write a run record as JSON (atomic)."""
-    write_json_atomic(path, record)
+# -- library helpers that run the pipeline (used by description and synonym generation) ----------------------
+
+def zero_shot_confusions(dataset: Dataset, model: str | Encoder | None, pretrained: str | None,
+                         k: int) -> dict[str, list[str]]:
+    """The ``k`` most-confused classes of every class, from a zero-shot class-name run on the ``fit`` role's split
+    (the training split; the evaluation split is never looked at)."""
+    from .generate import confusions_from_scores
+
+    encoder = model if isinstance(model, Encoder) else encoder_for(dataset, model, pretrained)
+    ctx = RunContext(dataset, encoder)
+    clf = run_method(ctx, make_method("classnames")).classifiers[0]
+    fit = ctx.features("fit")
+    return confusions_from_scores(clf.scores(fit.embeddings), fit.labels, dataset.classnames, k)
+
+
+def clip_text_classifier(dataset: Dataset, encoder: Encoder) -> Callable[[list[str]], np.ndarray]:
+    """REAL's synonym check as a function: texts → the class whose "a photo of a {classname}." prompt their CLIP
+    text embedding is closest to."""
+    classifier = ZeroShotClassifier(make_method("classnames").build(dataset), encoder)
+
+    def classify_texts(texts: list[str]) -> np.ndarray:
+        return classifier.predict(encoder.encode_texts(texts))
+
+    return classify_texts

@@ -30,7 +30,8 @@ AGGREGATIONS = ("prototype", "mean", "max", "sum")
 class PromptSet:
     """Texts per class, stored flat and grouped: class ``c`` owns ``texts[offsets[c]:offsets[c+1]]``.
 
-    ``labels`` is what an explanation shows for each text (the descriptor alone, or the template).
+    ``labels`` is what an explanation shows for each text (the descriptor alone, or the template);
+    ``info`` holds facts about how the set was made (its source, fallbacks), for the run record's fit info.
     """
 
     classnames: tuple[str, ...]
@@ -39,7 +40,7 @@ class PromptSet:
     owners: np.ndarray  # class index of each text, non-decreasing
     aggregation: str
     method: str
-    options: Mapping[str, object]
+    info: Mapping[str, object]
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
@@ -50,12 +51,12 @@ class PromptSet:
 
     @classmethod
     def from_lists(cls, classnames: Sequence[str], per_class: Sequence[Sequence[tuple[str, str]]],
-                   aggregation: str, method: str, options: Mapping[str, object] | None = None) -> PromptSet:
+                   aggregation: str, method: str, info: Mapping[str, object] | None = None) -> PromptSet:
         """Build from ``per_class[c] = [(text, label), ...]``."""
         texts = [t for group in per_class for t, _ in group]
         labels = [lab for group in per_class for _, lab in group]
         owners = np.repeat(np.arange(len(per_class)), [len(g) for g in per_class])
-        return cls(tuple(classnames), tuple(texts), tuple(labels), owners, aggregation, method, dict(options or {}))
+        return cls(tuple(classnames), tuple(texts), tuple(labels), owners, aggregation, method, dict(info or {}))
 
     @property
     def offsets(self) -> np.ndarray:
@@ -137,16 +138,21 @@ def descriptor_phrase(descriptor: str, published_quirk: bool = False) -> str:
     """CbD's phrasing of a descriptor after "{class}, " (METHODS.md §1).
 
     "which is d" when d starts with the article a/an or with "used", "which d" when it starts with
-    has/often/typically/may/can, else "which has d". ``published_quirk`` reproduces the authors'
-    ``startswith('a')`` test ("antennae" → "which is antennae").
+    has/often/typically/may/can, else "which has d" (first word, case-insensitive).
+
+    ``published_quirk`` reproduces the authors' code exactly: every test is a raw, case-sensitive string
+    prefix of the descriptor as written (``d.startswith('a')``: "antennae" → "which is antennae";
+    ``startswith('can')``: "candied fruit" → "which candied fruit"; "Has wings" → "which has Has wings").
     """
+    if published_quirk:
+        if descriptor.startswith("a") or descriptor.startswith("an") or descriptor.startswith("used"):
+            return f"which is {descriptor}"
+        if descriptor.startswith(("has", "often", "typically", "may", "can")):
+            return f"which {descriptor}"
+        return f"which has {descriptor}"
     d = descriptor.strip()
     first = d.split(" ", 1)[0].lower() if d else ""
-    if published_quirk:
-        is_article = d.startswith("a")
-    else:
-        is_article = first in ("a", "an")
-    if is_article or first == "used":
+    if first in ("a", "an", "used"):
         return f"which is {d}"
     if first in ("has", "often", "typically", "may", "can"):
         return f"which {d}"

@@ -6,17 +6,21 @@ Scoring is one matrix product plus a per-class reduction, chunked over images so
 * ``mean`` / ``sum``: linear in the text embeddings, so ``V · (mean_t e_t)ᵀ`` / ``V · (Σ_t e_t)ᵀ`` —
   exactly the mean / sum of per-text cosines, computed with one C-column product;
 * ``max``: ``V · Eᵀ`` per chunk, then ``np.maximum.reduceat`` over each class's contiguous texts.
+
+The single-vector aggregations fold into a ``ClassHead`` (``Scorer.head``), the same object trained heads
+are; ``choose_on_validation`` and ``mean_std`` are the one place a weight is chosen and seeds are summarised.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .errors import ZsclipError
+from .heads import ClassHead
 from .prompts import PromptSet
 
 
@@ -40,6 +44,7 @@ class Scorer:
         self._starts = offsets[:-1]
         counts = np.diff(offsets).astype(np.float32)
         agg = prompt_set.aggregation
+        self.head: ClassHead | None = None
         if agg == "max":
             self.class_weights = None
         else:
@@ -52,6 +57,8 @@ class Scorer:
                 norms = np.linalg.norm(sums, axis=1, keepdims=True)
                 self.class_weights = sums / np.maximum(norms, 1e-12)
             self.class_weights = np.ascontiguousarray(self.class_weights, dtype=np.float32)
+            self.head = ClassHead(self.class_weights, prompt_set.classnames,
+                                  provenance={"method": prompt_set.method, "aggregation": agg})
 
     @property
     def num_classes(self) -> int:
@@ -63,19 +70,41 @@ class Scorer:
         if image_embeddings.ndim != 2 or image_embeddings.shape[1] != self.text_embeddings.shape[1]:
             raise ZsclipError(f"image embeddings of shape {image_embeddings.shape} do not match text embeddings "
                               f"of dimension {self.text_embeddings.shape[1]}: made by another model?")
+        if self.head is not None:  # single-vector aggregations: the folded class head
+            return self.head.scores(image_embeddings, self.chunk_size)
         out = np.empty((n, self.num_classes), dtype=np.float32)
         for start in range(0, n, self.chunk_size):
             block = np.asarray(image_embeddings[start : start + self.chunk_size], dtype=np.float32)
-            if self.class_weights is not None:
-                np.matmul(block, self.class_weights.T, out=out[start : start + len(block)])
-            else:
-                sims = block @ self.text_embeddings.T
-                out[start : start + len(block)] = np.maximum.reduceat(sims, self._starts, axis=1)
+            sims = block @ self.text_embeddings.T
+            out[start : start + len(block)] = np.maximum.reduceat(sims, self._starts, axis=1)
         return out
 
     def text_similarities(self, image_embedding: np.ndarray) -> np.ndarray:
         """Cosine of one image with every text of the prompt set (for explanations)."""
         return self.text_embeddings @ np.asarray(image_embedding, dtype=np.float32).ravel()
+
+
+def choose_on_validation(grid: Sequence[float], top1_of: Callable[[float], float]) -> tuple[float, dict[str, float]]:
+    """The value of ``grid`` with the best validation top-1 (ties: the smaller value), and the top-1 of each.
+
+    The one place a weight is chosen (DDS's class-name weight, the audit's): ``top1_of(w)`` must score a
+    held-out split, never the split the run reports on.
+    """
+    if not len(grid):
+        raise ZsclipError("choosing a weight needs a non-empty grid")
+    results = {f"{w:g}": float(top1_of(float(w))) for w in grid}
+    best = max(grid, key=lambda w: (results[f"{w:g}"], -w))
+    return float(best), results
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard deviation over seeds, ``np.std`` with ddof = 0 (as WaffleCLIP reports it)."""
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=0))
+
+
+#: how ``mean_std`` computes the spread, for run records
+STD_CONVENTION = "np.std over seeds, ddof=0"
 
 
 def topk_indices(scores: np.ndarray, k: int) -> np.ndarray:

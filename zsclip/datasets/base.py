@@ -41,6 +41,9 @@ class Dataset(abc.ABC):
     splits: tuple[str, ...] = ()
     #: the split ``classify`` evaluates on when none is given
     default_split: str = "test"
+    #: which split plays which role of a run (``fit``: training/selection, ``choose``: validation, ``eval``:
+    #: the report); a role whose split the dataset lacks is left out (see ``zsclip.context``)
+    split_roles: dict[str, str] = {"fit": "train", "choose": "val", "eval": "test"}
     card: dict[str, Any] = {}
 
     def __init__(self) -> None:
@@ -61,6 +64,13 @@ class Dataset(abc.ABC):
         if split not in self._split_cache:
             self._split_cache[split] = self._load_split(split)
         return self._split_cache[split]
+
+    def role_splits(self) -> dict[str, str]:
+        """``{role: split}`` for the roles whose split this dataset has; ``eval`` defaults to ``default_split``."""
+        roles = {r: s for r, s in self.split_roles.items() if s in self.splits}
+        if self.default_split in self.splits:
+            roles.setdefault("eval", self.default_split)
+        return roles
 
     def load_image(self, sample: Sample) -> Image.Image:
         """Read one image as RGB. Raises on an unreadable file; store builders count and skip those."""

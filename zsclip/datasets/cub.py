@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 from ..errors import DatasetError
 from .base import Dataset, Sample, register_dataset
@@ -176,15 +177,26 @@ class CubDataset(Dataset):
     """CUB-200-2011 read from its official files.
 
     ``root`` is the ``CUB_200_2011`` folder or the folder holding it; by default the one
-    ``zsclip datasets download cub`` unpacks under the cache. Splits: ``train`` and ``test``.
+    ``zsclip datasets download cub`` unpacks under the cache.
+
+    Splits: ``test`` (the official test split), ``trainval`` (the official training split), and ``train`` /
+    ``val`` carved from it: ``val`` holds ``round(val_fraction × n)`` (at least 1) of each class's ``n``
+    official training images, drawn with ``split_seed`` (NumPy's ``default_rng``) from the images in id
+    order; ``train`` holds the rest. The carving depends only on the annotation files, the fraction and the
+    seed, so it is the same on every machine; the run record names both. Methods fit on ``train`` and choose
+    on ``val``; CUB ships no validation split of its own.
     """
 
     name = "cub"
-    splits = ("train", "test")
+    splits = ("train", "val", "test", "trainval")
     default_split = "test"
 
-    def __init__(self, root: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path | None = None, val_fraction: float = 0.1, split_seed: int = 0) -> None:
         super().__init__()
+        if not 0 < val_fraction < 1:
+            raise DatasetError(f"CUB's val_fraction must be between 0 and 1, got {val_fraction}")
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
         self.card = load_card("cub")
         self.root = self._find_root(Path(root).expanduser() if root is not None else default_data_root())
         overrides = self.card.get("classname_overrides", {})
@@ -256,7 +268,30 @@ class CubDataset(Dataset):
             split = "train" if is_train[image_id] == "1" else "test"
             path = self.root / "images" / images[image_id]
             splits[split].append(Sample(path=str(path), label=int(label) - 1))
+        splits["trainval"] = splits["train"]
+        splits["train"], splits["val"] = self._carve_val(splits["trainval"])
         return splits
+
+    def _carve_val(self, samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
+        """Split the official training samples into (train, val), per class, seeded (see the class docstring)."""
+        import numpy as np
+
+        rng = np.random.default_rng(self.split_seed)
+        labels = np.array([s.label for s in samples], dtype=np.int64)
+        is_val = np.zeros(len(samples), dtype=bool)
+        for c in np.unique(labels):
+            rows = np.flatnonzero(labels == c)
+            if len(rows) < 2:
+                continue  # a class with one training image keeps it for training
+            n_val = min(len(rows) - 1, max(1, round(self.val_fraction * len(rows))))
+            is_val[rng.choice(rows, n_val, replace=False)] = True
+        return ([s for s, v in zip(samples, is_val) if not v], [s for s, v in zip(samples, is_val) if v])
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update({"val_fraction": self.val_fraction, "split_seed": self.split_seed,
+                     "val_carved_from": "official train split"})
+        return info
 
     def _load_split(self, split: str) -> list[Sample]:
         """Both splits are read at construction (so damaged files fail early); this only returns one."""

@@ -1,37 +1,33 @@
-"""Zero-shot methods: each turns a dataset (and its options) into a ``PromptSet``.
+"""Zero-shot methods, one module each, registered by name (``@register_method``).
 
-A method is a class with explicit constructor options and ``build(dataset) -> PromptSet``; a randomised
-method also has ``seeds`` and ``build(dataset, seed=...)``, and ``classify`` reports mean ± std over the
-seeds. A per-image method (DDS) instead has ``fit(dataset, encoder, cache, store_options)``
-returning a classifier with ``scores`` and ``explain``. The registry maps the names the CLI accepts
-(``--method NAME``) to those classes.
+Two kinds (``zsclip.methods.base``): prompt methods ``build(ctx) -> PromptSet`` (class names, CbD
+descriptions, WaffleCLIP, CuPL) and fitted methods ``fit(ctx)`` then ``scores`` / ``explain`` (DDS). The CLI,
+``explain``, the audit, the claims table and search jobs construct them through the registry:
+``make_method(name, **params)``; ``parse_params`` reads ``--param NAME=VALUE`` options against each method's
+declared parameters.
 """
 
-from __future__ import annotations
-
-from typing import Any
-
-from ..errors import ZsclipError
+from .base import (
+    Method,
+    Param,
+    ParameterError,
+    describe_method,
+    jsonable_params,
+    list_methods,
+    make_method,
+    method_class,
+    parse_params,
+    register_method,
+)
 from .classnames import ClassNamePrompts
 from .cupl import CuplPrompts
 from .dds import DDS
 from .descriptions import DescriptorPrompts
+from .pool import DescriptionPool, resolve_descriptors
 from .waffle import WafflePrompts
 
-METHODS: dict[str, type] = {
-    "classnames": ClassNamePrompts,
-    "descriptions": DescriptorPrompts,
-    "waffle": WafflePrompts,
-    "cupl": CuplPrompts,
-    "dds": DDS,
-}
-
-
-def get_method(name: str, **options: Any) -> Any:
-    """Instantiate the method registered as ``name`` with ``options`` (``None`` values are dropped)."""
-    if name not in METHODS:
-        raise ZsclipError(f"unknown method {name!r}; methods: {', '.join(METHODS)}")
-    return METHODS[name](**{k: v for k, v in options.items() if v is not None})
-
-
-__all__ = ["DDS", "METHODS", "ClassNamePrompts", "CuplPrompts", "DescriptorPrompts", "WafflePrompts", "get_method"]
+__all__ = [
+    "DDS", "ClassNamePrompts", "CuplPrompts", "DescriptionPool", "DescriptorPrompts", "Method", "Param",
+    "ParameterError", "WafflePrompts", "describe_method", "jsonable_params", "list_methods", "make_method",
+    "method_class", "parse_params", "register_method", "resolve_descriptors",
+]

@@ -6,10 +6,12 @@ Training-free, with a small labelled selection set from the training split:
 2. ``S[d, c]`` = mean over class ``c``'s first ``n`` selection images of ``v(x)·e(d)``;
 3. per test image, the neighbourhood ``N(x)`` is its top-``k`` classes by the class-name prompt;
 4. for each ``c ∈ N(x)`` the descriptions with ``S[d, c] ≥ S[d, j]`` for all ``j ∈ N(x)`` are ranked by
-   ``(1/k) Σ_j (S[d, c] − S[d, j])`` and the top ``m`` kept (none qualifies → the class's own first ``m``);
+   ``(1/k) Σ_j (S[d, c] − S[d, j])`` and the top ``m`` kept (none qualifies → the class's own first ``m`` in
+   pool order, the pool being built from each class's list sorted, as in the authors' code);
 5. each candidate is scored with its selected descriptions, classname-free
    (``w·v·e("a photo of a {c}.") + mean_d v·e(d)``, ``w`` chosen on the validation split) or with the class
-   name (``"A photo of a {c}, {d}."``, mean or max), and the prediction is the best candidate.
+   name (``"A photo of a {c}, {d}."``, mean or max; a selection shorter than ``m`` is padded to ``m`` by
+   cyclic repetition before the mean, as in the authors' code), and the prediction is the best candidate.
 
 The selection is array work over the precomputed ``S`` (a gather, a max, a mean and a top-``m`` per
 candidate), done once per distinct neighbourhood and chunked; no text is encoded per image in the
@@ -19,19 +21,18 @@ classname-free form.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..datasets import Dataset
 from ..errors import ZsclipError
-from ..prompts import format_template, load_templates, normalise_descriptor
-from ..scoring import Explanation, ExplanationRow, evaluate
-from ..stores import ImageStore, TextEmbeddingCache
-from .descriptions import resolve_descriptors
+from ..prompts import format_template, load_templates
+from ..scoring import Explanation, ExplanationRow, choose_on_validation, evaluate
+from ..stores import TextEmbeddingCache
+from .base import Method, Param, register_method
+from .descriptions import SOURCE_DOC
+from .pool import DescriptionPool, DescriptorSource, resolve_descriptors
 
 log = logging.getLogger(__name__)
 
@@ -39,39 +40,19 @@ log = logging.getLogger(__name__)
 _NEIGHBOURHOOD_OFFSET = 10.0
 
 
-@dataclass(frozen=True)
-class DescriptionPool:
-    """The deduplicated descriptions of all classes, and which of them each class brought."""
-
-    texts: tuple[str, ...]
-    own: tuple[tuple[int, ...], ...]  # pool indices of each class's descriptions, in file order
-
-    @classmethod
-    def from_lists(cls, per_class: Sequence[Sequence[str]]) -> DescriptionPool:
-        index: dict[str, int] = {}
-        own = []
-        for descs in per_class:
-            ids = []
-            for d in descs:
-                d = normalise_descriptor(d)
-                if d:
-                    ids.append(index.setdefault(d, len(index)))
-            own.append(tuple(dict.fromkeys(ids)))
-        return cls(tuple(index), tuple(own))
-
-
-def selection_means(store: ImageStore, num_classes: int, n: int) -> tuple[np.ndarray, int]:
-    """Mean embedding of the first ``n`` store images of each class (``n`` cut to the smallest class)."""
-    labels = np.asarray(store.labels)
+def selection_means(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, n: int) -> tuple[np.ndarray, int]:
+    """Mean embedding of the first ``n`` images of each class, in the given order (``n`` cut to the smallest
+    class)."""
+    labels = np.asarray(labels)
     counts = np.bincount(labels, minlength=num_classes)
     if (counts == 0).any():
         missing = int(np.flatnonzero(counts == 0)[0])
-        raise ZsclipError(f"the selection split has no image of class {missing}; DDS needs every class")
+        raise ZsclipError(f"the selection images have no image of class {missing}; DDS needs every class")
     n = int(min(n, counts.min()))
     order = np.argsort(labels, kind="stable")  # store order within each class
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rows = (starts[:, None] + np.arange(n)[None, :]).ravel()
-    emb = np.asarray(store.embeddings, dtype=np.float32)[order[rows]]
+    emb = np.asarray(np.asarray(embeddings)[order[rows]], dtype=np.float32)
     return emb.reshape(num_classes, n, -1).mean(axis=1), n
 
 
@@ -134,11 +115,18 @@ def select(S_T: np.ndarray, neighbourhoods: np.ndarray, own_first: np.ndarray, o
 
 
 class DDSClassifier:
-    """A fitted DDS: scores images by selecting descriptions per image over the precomputed ``S``."""
+    """A fitted DDS: scores images by selecting descriptions per image over the precomputed ``S``.
+
+    ``fallback`` says which of a class's descriptions it falls back to when none qualifies: ``pool-order``
+    (its first ``m`` in pool order, the authors') or ``file-order``. ``short_selection`` says how the
+    class-name form averages a selection shorter than ``m``: ``repeat`` (padded to ``m`` by cyclic
+    repetition, the authors') or ``mean`` (the mean over what was selected).
+    """
 
     def __init__(self, *, classnames: Sequence[str], pool: DescriptionPool, S: np.ndarray, name_emb: np.ndarray,
                  pool_emb: np.ndarray | None, k: int, m: int, form: str, aggregation: str, weight: float,
-                 template: str, cache: TextEmbeddingCache, chunk_size: int = 1024) -> None:
+                 template: str, cache: TextEmbeddingCache, fallback: str = "pool-order",
+                 short_selection: str = "repeat", chunk_size: int = 1024) -> None:
         self.classnames = tuple(classnames)
         self.pool = pool
         self.S_T = np.ascontiguousarray(S.T, dtype=np.float32)  # C × |P|
@@ -151,12 +139,13 @@ class DDSClassifier:
         self.weight = weight
         self.template = template
         self.cache = cache
+        self.short_selection = short_selection
         self.chunk_size = chunk_size
         c = len(classnames)
         self._own_first = np.full((c, m), -1, dtype=np.int64)
         self._own_count = np.zeros(c, dtype=np.int64)
-        for i, ids in enumerate(pool.own):
-            ids = ids[:m]
+        for i in range(c):
+            ids = (pool.own_in_pool_order(i) if fallback == "pool-order" else list(pool.own[i]))[:m]
             self._own_first[i, : len(ids)] = ids
             self._own_count[i] = len(ids)
 
@@ -213,7 +202,18 @@ class DDSClassifier:
         sims = np.einsum("bkmd,bd->bkm", e, v)
         if self.aggregation == "max":
             return np.where(used, sims, -np.inf).max(axis=2)
-        return np.where(used, sims, 0).sum(axis=2) / np.maximum(counts, 1)
+        return (np.where(used, sims, 0) * self._slot_weights(counts)).sum(axis=2)
+
+    def _slot_weights(self, counts: np.ndarray) -> np.ndarray:
+        """``… × m`` weights of the selected slots in the class-name form's mean. ``repeat``: a selection of
+        ``L < m`` is padded to ``m`` by cyclic repetition, so slot ``j < L`` counts ``m // L + (j < m % L)``
+        times out of ``m``; ``mean``: each selected slot counts ``1 / L``."""
+        L = np.maximum(counts, 1)[..., None]
+        j = np.arange(self.m)
+        if self.short_selection == "repeat":
+            reps = (self.m // L) + (j < self.m % L)
+            return np.where(j < L, reps / self.m, 0.0)
+        return np.where(j < L, 1.0 / L, 0.0)
 
     def scores(self, image_embeddings: np.ndarray) -> np.ndarray:
         """``N × C`` scores: the neighbourhood ranked by DDS above all other classes (ranked by class name)."""
@@ -255,89 +255,102 @@ class DDSClassifier:
                            self.classnames[runner], tuple(rows))
 
 
-class DDS:
-    """Discriminative description selection (see the module docstring).
+@register_method("dds")
+class DDS(Method):
+    """DDS: per image, the descriptions that separate its top-k classes, selected over S from the fit images."""
 
-    Args:
-        descriptors: the description source (file, mapping, ``attributes`` or the dataset card's default).
-        k: neighbourhood size; m: descriptions per candidate; n: selection images per class.
-        form: ``classname-free`` (descriptions encoded alone, plus ``w`` × the class-name prompt) or
-            ``classname`` ("A photo of a {c}, {d}.").
-        aggregation: ``mean`` or ``max`` of the selected descriptions' cosines (``classname`` form).
-        weight: ``w`` of the classname-free form; ``None`` picks it on ``val_split`` from ``weight_grid``.
-        template: the class-name prompt for the neighbourhood and for ``w``: a template with ``{}``, or a
-            template set (``ensemble``, a file; see ``load_templates``) whose renormalised mean is used.
-        selection_split, val_split: where ``S`` and ``w`` come from; never the test split.
-    """
+    kind = "fitted"
+    parameters = {
+        "descriptors": Param("source", "the description pool's source; " + SOURCE_DOC, nullable=True),
+        "k": Param(int, "neighbourhood size: the image's top-k classes by the class-name prompt", low=1),
+        "m": Param(int, "descriptions selected per candidate class", low=1),
+        "n": Param(int, "selection images per class (the first n of the fit role; cut to the smallest class)",
+                   low=1),
+        "form": Param(str, "classname-free (w·name prompt + mean of descriptions encoded alone) or classname "
+                      "('A photo of a {c}, {d}.')", choices=("classname-free", "classname")),
+        "aggregation": Param(str, "classname form: mean or max of the selected descriptions' cosines",
+                             choices=("mean", "max")),
+        "weight": Param(float, "classname-free: the class-name weight w; None chooses it on the choose role "
+                        "(validation) from weight_grid", nullable=True),
+        "weight_grid": Param("floats", "candidate weights w (ties go to the smaller w)"),
+        "template": Param("templates", "class-name prompt for the neighbourhood and for w: a template with {} or a "
+                          "template set (ensemble, a file) whose renormalised mean is used"),
+        "fallback": Param(str, "when no description qualifies for a candidate: its own first m in pool-order "
+                          "(the authors', pool = each class's list sorted) or file-order",
+                          choices=("pool-order", "file-order")),
+        "short_selection": Param(str, "classname form, mean: a selection shorter than m is padded by cyclic "
+                                 "repetition (repeat, the authors') or averaged as is (mean)",
+                                 choices=("repeat", "mean")),
+    }
 
-    def __init__(self, descriptors: str | Path | Mapping[str, list[str]] | None = None, k: int = 3, m: int = 5,
-                 n: int = 1000, form: str = "classname-free", aggregation: str = "mean", weight: float | None = None,
+    def __init__(self, descriptors: DescriptorSource = None, k: int = 3, m: int = 5, n: int = 1000,
+                 form: str = "classname-free", aggregation: str = "mean", weight: float | None = None,
                  weight_grid: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
-                 template: str = "a photo of a {}.", selection_split: str = "train", val_split: str = "val") -> None:
-        if form not in ("classname-free", "classname"):
-            raise ZsclipError(f"DDS form must be classname-free or classname, not {form!r}")
-        if aggregation not in ("mean", "max"):
-            raise ZsclipError(f"DDS aggregates by mean or max, not {aggregation!r}")
-        if k < 1 or m < 1 or n < 1:
-            raise ZsclipError("DDS needs k, m and n of at least 1")
+                 template: str | Sequence[str] = "a photo of a {}.", fallback: str = "pool-order",
+                 short_selection: str = "repeat") -> None:
         self.descriptors = descriptors
         self.k, self.m, self.n = k, m, n
         self.form = form
         self.aggregation = aggregation
         self.weight = weight
-        self.weight_grid = tuple(weight_grid)
+        self.weight_grid = weight_grid
         self.template = template
-        self.selection_split = selection_split
-        self.val_split = val_split
-        self.options: dict[str, Any] = {}
-        #: images encoded by ``fit`` for its own splits (selection, validation), for the run record
-        self.images_encoded: dict[str, int] = {}
+        self.fallback = fallback
+        self.short_selection = short_selection
 
-    def fit(self, dataset: Dataset, encoder: Any, cache: TextEmbeddingCache | None = None,
-            store_options: Mapping[str, Any] | None = None) -> DDSClassifier:
-        """Precompute ``S`` on the selection split (and ``w`` on the validation split); return the classifier."""
-        store_options = dict(store_options or {})
-        for split in (self.selection_split, self.val_split if self.weight is None else None):
-            if split is not None and split == "test":
-                raise ZsclipError("DDS never selects or tunes on the test split")
-        cache = cache if cache is not None else TextEmbeddingCache(encoder)
+    def fit(self, ctx: Any) -> DDS:
+        """Precompute ``S`` on the ``fit`` role's images (and ``w`` on the ``choose`` role's); returns ``self``."""
+        self.check_params()
+        dataset = ctx.dataset
         per_class, source = resolve_descriptors(dataset, self.descriptors)
-        pool = DescriptionPool.from_lists(per_class)
+        pool = DescriptionPool.from_lists(per_class, "sorted" if self.fallback == "pool-order" else "file")
         if not pool.texts:
             raise ZsclipError(f"the descriptors ({source}) are empty: DDS needs descriptions")
-        sel_store = ImageStore.build(dataset, self.selection_split, encoder, **store_options)
-        self.images_encoded = {self.selection_split: sel_store.build_stats.images_encoded}
-        means, n_used = selection_means(sel_store, len(dataset.classnames), self.n)
+        cache = ctx.text_cache
+        fit = ctx.features("fit")
+        means, n_used = selection_means(fit.embeddings, fit.labels, len(dataset.classnames), self.n)
         pool_emb = cache.encode(list(pool.texts))
         S = pool_emb @ means.T
-        templates = load_templates(self.template, dataset.card)
+        templates = (load_templates(self.template, dataset.card) if isinstance(self.template, str)
+                     else list(self.template))
         name_emb = cache.encode([format_template(t, c) for c in dataset.classnames for t in templates])
         name_emb = name_emb.reshape(len(dataset.classnames), len(templates), -1).mean(axis=1)
         name_emb /= np.linalg.norm(name_emb, axis=1, keepdims=True)  # an ensemble's renormalised mean
-        weight = self.weight if self.weight is not None else 1.0
         clf = DDSClassifier(classnames=dataset.classnames, pool=pool, S=S, name_emb=name_emb,
                             pool_emb=pool_emb if self.form == "classname-free" else None, k=self.k, m=self.m,
-                            form=self.form, aggregation=self.aggregation, weight=weight, template=self.template,
-                            cache=cache)
+                            form=self.form, aggregation=self.aggregation,
+                            weight=self.weight if self.weight is not None else 1.0, template=str(self.template),
+                            cache=cache, fallback=self.fallback, short_selection=self.short_selection)
         grid_results: dict[str, float] = {}
+        chosen_on = None
         if self.form == "classname-free" and self.weight is None:
-            if self.val_split not in dataset.splits:
-                raise ZsclipError(f"dataset {dataset.name!r} has no {self.val_split!r} split to choose the class-name "
-                                  "weight on; pass --dds-weight W")
-            val = ImageStore.build(dataset, self.val_split, encoder, **store_options)
-            self.images_encoded[self.val_split] = val.build_stats.images_encoded
-            for w in self.weight_grid:
+            val = ctx.features("choose")
+            chosen_on = val.split
+
+            def top1_with(w: float) -> float:
                 clf.weight = w
-                grid_results[f"{w:g}"] = evaluate(clf.scores(val.embeddings), val.labels, dataset.classnames)["top1"]
-            clf.weight = float(max(self.weight_grid, key=lambda w: (grid_results[f"{w:g}"], -w)))
-            log.info("DDS class-name weight %g chosen on %s (top-1 by weight: %s)", clf.weight, self.val_split,
+                return evaluate(clf.scores(val.embeddings), val.labels, dataset.classnames)["top1"]
+
+            clf.weight, grid_results = choose_on_validation(self.weight_grid, top1_with)
+            log.info("DDS class-name weight %g chosen on %s (top-1 by weight: %s)", clf.weight, chosen_on,
                      grid_results)
-        self.options = {
-            "descriptors": source, "k": self.k, "m": self.m, "n_requested": self.n, "n_per_class": n_used,
-            "form": self.form, "aggregation": self.aggregation if self.form == "classname" else "mean",
-            "template": self.template, "selection_split": self.selection_split, "pool_size": len(pool.texts),
-            "weight": clf.weight if self.form == "classname-free" else None,
-            "weight_chosen_on": (self.val_split if grid_results else None),
-            "weight_grid_top1": grid_results or None,
+        self.classifier_ = clf
+        self.classnames_ = tuple(dataset.classnames)
+        self.fit_info_ = {
+            "descriptors": source, "pool_size": len(pool.texts), "selection_split": fit.split,
+            "n_per_class": n_used, "weight": clf.weight if self.form == "classname-free" else None,
+            "weight_chosen_on": chosen_on, "weight_grid_top1": grid_results or None,
         }
-        return clf
+        return self
+
+    @property
+    def classnames(self) -> tuple[str, ...]:
+        return self.classnames_
+
+    def scores(self, image_embeddings: np.ndarray) -> np.ndarray:
+        """``N × C`` scores: the neighbourhood ranked by DDS above all other classes (ranked by class name)."""
+        return self.classifier_.scores(image_embeddings)
+
+    def explain(self, image_embedding: np.ndarray, true_label: int | None = None) -> Explanation:
+        """Each candidate class of the neighbourhood with the descriptions DDS selected for it."""
+        return self.classifier_.explain(image_embedding, true_label)

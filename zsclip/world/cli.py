@@ -144,31 +144,6 @@ def info(
         out.print(f"model: none at {model_dir} (run `zsclip world train`)")
 
 
-@app.command()
-def table(
-    model: str = typer.Option("toyworld", help="Model to evaluate (default: the committed tiny CLIP)."),
-    write: Path = typer.Option(None, "--write", help="Also write the table with its provenance as Markdown."),
-    json_out: Path = typer.Option(None, "--json", help="Also write the numbers as JSON."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-) -> None:
-    """Measure the methods' claims in miniature: test top-1 per species tier, with the world's ceilings."""
-    from .claims import claims_table, to_markdown
-
-    result = claims_table(model=model, device=device)
-    markdown = to_markdown(result)
-    out.print(markdown, highlight=False)
-    if json_out:
-        write_json_atomic(json_out, result)
-    if write:
-        from .._io import write_bytes_atomic
-
-        text = (f"# The toy world's table of claims\n\nTop-1 (%) on the `toyworld` test split ({result['split']}, "
-                f"30 sketch-style images per species), model `{result['model']}` (fingerprint "
-                f"`{result['model_fingerprint']}`). Columns are the species' corpus tiers (species count in "
-                "brackets). Regenerate with `zsclip world table --write docs/toyworld.md`.\n\n" + markdown + "\n")
-        write_bytes_atomic(write, text.encode())
-
-
 app.command("llm-serve")(llm_serve)
 
 if __name__ == "__main__":
