@@ -21,7 +21,8 @@ import time
 
 import numpy as np
 
-from zsclip.methods.dds import DDSClassifier, DescriptionPool
+from zsclip.methods.dds import DDSClassifier
+from zsclip.methods.pool import DescriptionPool
 from zsclip.prompts import PromptSet
 from zsclip.scoring import Scorer
 

@@ -64,7 +64,7 @@ def test_waffle_character_pool_defaults_to_the_card_descriptors():
     card = json.loads((resource_dir("prompts") / "toyworld" / "descriptors.json").read_text())
     expected = sorted(set("".join({w.replace(",", "").replace(".", "") for d in card.values() for x in d
                                    for w in x.split(" ")})))
-    assert ps.info["character_pool"] == "".join(expected) and ps.info["descriptors"].endswith("descriptors.json")
+    assert ps.info["character_pool"] == "".join(expected) and ps.info["descriptor_source"].endswith("descriptors.json")
 
 
 def test_waffle_mixed_is_about_half_real(cub):

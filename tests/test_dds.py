@@ -116,7 +116,80 @@ def test_dds_from_the_cli_records_its_splits(tmp_path, tiny_model):
     assert record["counts"]["images_encoded"] == {"train": 10, "test": 14}  # w given: no val split needed
     assert "encoded this run: images train 10, test 14 (24 in all)" in res.output
     assert info["selection_split"] == "train" and params["k"] == 3 and params["m"] == 2
-    assert info["pool_size"] == 5 + 2 + 1 and info["n_per_class"] == 2 and info["weight"] == 1.0
+    assert info["pool_size"] == 5 + 2 + 1 and info["n_per_class"] == 2 and info["weight_used"] == 1.0
     assert "pool_size" not in params and "weight_chosen_on" not in params
     res = CliRunner().invoke(app, [*args, "-p", "form=classname", "-p", "aggregation=max"])
     assert res.exit_code == 0, res.output
+
+
+class _FakeCache:
+    """A text cache stand-in: a fixed random unit vector per text, and the texts it was asked for."""
+
+    def __init__(self, dim):
+        self.dim, self.vectors, self.asked = dim, {}, []
+
+    def encode(self, texts):
+        self.asked += list(texts)
+        for t in texts:
+            if t not in self.vectors:
+                v = np.random.default_rng(abs(hash(t)) % 2**32).normal(size=self.dim)
+                self.vectors[t] = (v / np.linalg.norm(v)).astype(np.float32)
+        return np.stack([self.vectors[t] for t in texts])
+
+
+def test_fallback_uses_pool_order_as_the_authors_pool_is_built():
+    """Pool = each class's list sorted, classes in order: class 1's own ("beta", "alpha") are pool ids (2, 0)."""
+    pool = DescriptionPool.from_lists([["zeta", "alpha"], ["beta", "alpha"]], "sorted")
+    assert pool.texts == ("alpha", "zeta", "beta") and pool.own[1] == (2, 0)
+    kwargs = dict(classnames=["a", "b"], pool=pool, S=np.zeros((3, 2)), name_emb=np.eye(2, 4), pool_emb=None, k=2,
+                  m=1, form="classname-free", aggregation="mean", weight=1.0, template="{}", cache=None)
+    assert DDSClassifier(**kwargs)._own_first[1].tolist() == [0]  # "alpha": first in pool order
+    assert DDSClassifier(**kwargs, fallback="file-order")._own_first[1].tolist() == [2]  # "beta": first in the file
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "max"])
+def test_classname_form_texts_padding_and_aggregation(aggregation):
+    """'A photo of a {c}, {d}.' per selected description; a selection shorter than m counts as the authors pad it:
+    cyclically to m before the mean (m=5, 3 selected → weights 2, 2, 1 out of 5)."""
+    rng = np.random.default_rng(4)
+    classes, dim = 4, 6
+    own = [[f"c{c} d{j}" for j in range(3)] for c in range(classes)]  # 3 descriptions each, m = 5
+    pool = DescriptionPool.from_lists(own)
+    cache = _FakeCache(dim)
+    names = cache.encode([f"name {c}" for c in range(classes)])
+    S = np.full((len(pool), classes), -1.0)
+    for c, ids in enumerate(pool.own):
+        S[list(ids), c] = 1.0  # each description qualifies for its own class only
+    clf = DDSClassifier(classnames=[f"c{c}" for c in range(classes)], pool=pool, S=S, name_emb=names, pool_emb=None,
+                        k=classes, m=5, form="classname", aggregation=aggregation, weight=1.0, template="{}",
+                        cache=cache)
+    images = rng.normal(size=(5, dim)).astype(np.float32)
+    scores = clf.scores(images)
+    hoods, chosen, counts = clf.selections(images)
+    for i, v in enumerate(images):
+        for a, c in enumerate(hoods[i]):
+            picked = [int(d) for d in chosen[i, a] if d >= 0]
+            assert len(picked) == 3 == counts[i, a]
+            sims = [cache.vectors[f"A photo of a c{c}, {pool.texts[d]}."] @ v for d in picked]
+            if aggregation == "max":
+                expected = max(sims)
+            else:
+                expected = np.mean([sims[j % 3] for j in range(5)])
+            assert scores[i, c] == pytest.approx(expected + 10.0, abs=1e-5)
+    assert all(t.startswith("A photo of a c") for t in cache.asked[classes:])
+
+
+def test_classname_free_averages_only_the_selected_descriptions():
+    """Fewer than m qualify: the mean is over those selected, not over m."""
+    rng = np.random.default_rng(2)
+    clf, images = _classifier(rng, weight=0.0)
+    clf.m = 4
+    hoods, chosen, counts = clf.selections(images)
+    scores = clf.scores(images)
+    some_short = False
+    for i, v in enumerate(images):
+        for a, c in enumerate(hoods[i]):
+            picked = [d for d in chosen[i, a] if d >= 0]
+            some_short |= 0 < len(picked) < 4
+            assert scores[i, c] == pytest.approx(np.mean(clf.pool_emb[picked] @ v) + 10.0, abs=1e-5)
+    assert some_short

@@ -85,7 +85,7 @@ def _print_metrics(record: Record) -> None:
     table.add_row("classes", str(m["num_classes"]))
     out.print(table)
     if record.fit_info.get("weight_chosen_on"):
-        out.print(f"fit: w = {record.fit_info['weight']:g} chosen on {record.fit_info['weight_chosen_on']}",
+        out.print(f"fit: w = {record.fit_info['weight_used']:g} chosen on {record.fit_info['weight_chosen_on']}",
                   highlight=False, markup=False)
     out.print(_encoded_line(record), highlight=False, markup=False)
 

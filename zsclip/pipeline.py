@@ -85,12 +85,13 @@ def _seed_list(method: Method, seeds: int | Sequence[int] | None) -> list[int] |
         if seeds is not None:
             raise ZsclipError(f"--seeds applies to randomised methods; {method.name} is deterministic")
         return None
+    base = int(getattr(method, "seed", 0))
     if seeds is None:
-        return list(range(method.default_seeds))
+        return list(range(base, base + method.default_seeds))
     if isinstance(seeds, int):
         if seeds < 1:
             raise ZsclipError(f"seeds must be ≥ 1 (the number of seeds to run); got {seeds}")
-        return list(range(seeds))
+        return list(range(base, base + seeds))
     seed_list = [int(s) for s in seeds]
     if not seed_list or len(set(seed_list)) != len(seed_list) or min(seed_list) < 0:
         raise ZsclipError(f"seeds must be a non-empty list of distinct seeds ≥ 0; got {list(seeds)}")
@@ -99,6 +100,9 @@ def _seed_list(method: Method, seeds: int | Sequence[int] | None) -> list[int] |
 
 def run_method(ctx: RunContext, method: Method, seeds: int | Sequence[int] | None = None) -> MethodRun:
     """Build (prompt method) or fit (fitted method) ``method`` on ``ctx`` once per seed.
+
+    ``seeds`` of a randomised method: a list of seeds, or a count ``n`` meaning the method's ``seed`` parameter
+    and the ``n − 1`` seeds after it (default count: the method's ``default_seeds``).
 
     Fitting happens in the context's fitting phase, so a method that asks for the ``eval`` role raises.
     """

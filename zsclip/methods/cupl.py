@@ -61,4 +61,4 @@ class CuplPrompts(Method):
                 kept_pairs = [(s, s) for s in kept]
             per_class.append(kept_pairs)
         return PromptSet.from_lists(dataset.classnames, per_class, "prototype", "cupl", {
-            "sentences": origin, "classes_without_sentences": fallbacks, "duplicate_sentences_kept": duplicates})
+            "sentence_source": origin, "classes_without_sentences": fallbacks, "duplicate_sentences_kept": duplicates})

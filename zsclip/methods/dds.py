@@ -118,15 +118,15 @@ class DDSClassifier:
     """A fitted DDS: scores images by selecting descriptions per image over the precomputed ``S``.
 
     ``fallback`` says which of a class's descriptions it falls back to when none qualifies: ``pool-order``
-    (its first ``m`` in pool order, the authors') or ``file-order``. ``short_selection`` says how the
-    class-name form averages a selection shorter than ``m``: ``repeat`` (padded to ``m`` by cyclic
-    repetition, the authors') or ``mean`` (the mean over what was selected).
+    (its first ``m`` in pool order, the authors') or ``file-order``. The class-name form's mean pads a
+    selection shorter than ``m`` to ``m`` by cyclic repetition, as the authors do (averaging only what was
+    selected was not better on the toy world's validation split: 63.4 both, so it is not offered).
     """
 
     def __init__(self, *, classnames: Sequence[str], pool: DescriptionPool, S: np.ndarray, name_emb: np.ndarray,
                  pool_emb: np.ndarray | None, k: int, m: int, form: str, aggregation: str, weight: float,
                  template: str, cache: TextEmbeddingCache, fallback: str = "pool-order",
-                 short_selection: str = "repeat", chunk_size: int = 1024) -> None:
+                 chunk_size: int = 1024) -> None:
         self.classnames = tuple(classnames)
         self.pool = pool
         self.S_T = np.ascontiguousarray(S.T, dtype=np.float32)  # C × |P|
@@ -139,7 +139,6 @@ class DDSClassifier:
         self.weight = weight
         self.template = template
         self.cache = cache
-        self.short_selection = short_selection
         self.chunk_size = chunk_size
         c = len(classnames)
         self._own_first = np.full((c, m), -1, dtype=np.int64)
@@ -205,15 +204,13 @@ class DDSClassifier:
         return (np.where(used, sims, 0) * self._slot_weights(counts)).sum(axis=2)
 
     def _slot_weights(self, counts: np.ndarray) -> np.ndarray:
-        """``… × m`` weights of the selected slots in the class-name form's mean. ``repeat``: a selection of
-        ``L < m`` is padded to ``m`` by cyclic repetition, so slot ``j < L`` counts ``m // L + (j < m % L)``
-        times out of ``m``; ``mean``: each selected slot counts ``1 / L``."""
+        """``… × m`` weights of the selected slots in the class-name form's mean: a selection of ``L < m`` is
+        padded to ``m`` by cyclic repetition, so slot ``j < L`` counts ``m // L + (j < m % L)`` times out of
+        ``m``."""
         L = np.maximum(counts, 1)[..., None]
         j = np.arange(self.m)
-        if self.short_selection == "repeat":
-            reps = (self.m // L) + (j < self.m % L)
-            return np.where(j < L, reps / self.m, 0.0)
-        return np.where(j < L, 1.0 / L, 0.0)
+        reps = (self.m // L) + (j < self.m % L)
+        return np.where(j < L, reps / self.m, 0.0)
 
     def scores(self, image_embeddings: np.ndarray) -> np.ndarray:
         """``N × C`` scores: the neighbourhood ranked by DDS above all other classes (ranked by class name)."""
@@ -276,18 +273,15 @@ class DDS(Method):
         "template": Param("templates", "class-name prompt for the neighbourhood and for w: a template with {} or a "
                           "template set (ensemble, a file) whose renormalised mean is used"),
         "fallback": Param(str, "when no description qualifies for a candidate: its own first m in pool-order "
-                          "(the authors', pool = each class's list sorted) or file-order",
+                          "(the authors', pool = each class's list sorted) or file-order (toy-world val top-1 "
+                          "68.9 vs 68.8 with the ensemble prompt and w = 4: one image)",
                           choices=("pool-order", "file-order")),
-        "short_selection": Param(str, "classname form, mean: a selection shorter than m is padded by cyclic "
-                                 "repetition (repeat, the authors') or averaged as is (mean)",
-                                 choices=("repeat", "mean")),
     }
 
     def __init__(self, descriptors: DescriptorSource = None, k: int = 3, m: int = 5, n: int = 1000,
                  form: str = "classname-free", aggregation: str = "mean", weight: float | None = None,
                  weight_grid: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
-                 template: str | Sequence[str] = "a photo of a {}.", fallback: str = "pool-order",
-                 short_selection: str = "repeat") -> None:
+                 template: str | Sequence[str] = "a photo of a {}.", fallback: str = "pool-order") -> None:
         self.descriptors = descriptors
         self.k, self.m, self.n = k, m, n
         self.form = form
@@ -296,7 +290,6 @@ class DDS(Method):
         self.weight_grid = weight_grid
         self.template = template
         self.fallback = fallback
-        self.short_selection = short_selection
 
     def fit(self, ctx: Any) -> DDS:
         """Precompute ``S`` on the ``fit`` role's images (and ``w`` on the ``choose`` role's); returns ``self``."""
@@ -320,7 +313,7 @@ class DDS(Method):
                             pool_emb=pool_emb if self.form == "classname-free" else None, k=self.k, m=self.m,
                             form=self.form, aggregation=self.aggregation,
                             weight=self.weight if self.weight is not None else 1.0, template=str(self.template),
-                            cache=cache, fallback=self.fallback, short_selection=self.short_selection)
+                            cache=cache, fallback=self.fallback)
         grid_results: dict[str, float] = {}
         chosen_on = None
         if self.form == "classname-free" and self.weight is None:
@@ -337,8 +330,8 @@ class DDS(Method):
         self.classifier_ = clf
         self.classnames_ = tuple(dataset.classnames)
         self.fit_info_ = {
-            "descriptors": source, "pool_size": len(pool.texts), "selection_split": fit.split,
-            "n_per_class": n_used, "weight": clf.weight if self.form == "classname-free" else None,
+            "descriptor_source": source, "pool_size": len(pool.texts), "selection_split": fit.split,
+            "n_per_class": n_used, "weight_used": clf.weight if self.form == "classname-free" else None,
             "weight_chosen_on": chosen_on, "weight_grid_top1": grid_results or None,
         }
         return self

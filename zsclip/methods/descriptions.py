@@ -68,6 +68,6 @@ class DescriptorPrompts(Method):
                 fallbacks += 1
                 per_class.append([(format_template(self.fallback_template, name), "(class name)")])
         return PromptSet.from_lists(dataset.classnames, per_class, self.aggregation, "descriptions", {
-            "descriptors": source, "classes_without_descriptors": fallbacks,
+            "descriptor_source": source, "classes_without_descriptors": fallbacks,
             "phrasing": "published-quirk" if self.published_quirk else "corrected"})
 

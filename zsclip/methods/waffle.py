@@ -131,4 +131,4 @@ class WafflePrompts(Method):
                               for d in descs])
         return PromptSet.from_lists(dataset.classnames, per_class, "mean", "waffle", {
             **shape, "character_pool": "".join(chars) if flat_real else "a-z (the dataset has no descriptors)",
-            "descriptors": source, "random_pairs": pairs})
+            "descriptor_source": source, "random_pairs": pairs})
