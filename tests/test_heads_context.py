@@ -1,0 +1,104 @@
+"""Class heads (save/load, checks, WiSE-FT, the linear probe) and the run context's roles and few-shot draws."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fixtures_data import make_cub_folder
+
+from zsclip.context import RunContext, SplitRoleError, few_shot_rows
+from zsclip.datasets import get_dataset
+from zsclip.errors import ZsclipError
+from zsclip.heads import ClassHead, train_linear_probe, wise_ft
+
+
+def _head(seed=0, bias=False):
+    rng = np.random.default_rng(seed)
+    return ClassHead(rng.normal(size=(3, 4)), ("a", "b", "c"), rng.normal(size=3) if bias else None,
+                     {"kind": "test", "seed": seed})
+
+
+def test_head_scores_are_one_product_plus_bias():
+    head = _head(bias=True)
+    v = np.random.default_rng(1).normal(size=(7, 4)).astype(np.float16)
+    expected = v.astype(np.float32) @ head.weights.T + head.bias
+    np.testing.assert_allclose(head.scores(v, chunk_size=3), expected, rtol=1e-5)
+    with pytest.raises(ZsclipError, match="do not match the head's dimension 4"):
+        head.scores(np.zeros((2, 5)))
+
+
+def test_head_save_load_round_trip_and_damage_is_detected(tmp_path):
+    head = _head(bias=True)
+    meta = head.save(tmp_path / "h")
+    back = ClassHead.load(meta)
+    np.testing.assert_array_equal(back.weights, head.weights)
+    np.testing.assert_array_equal(back.bias, head.bias)
+    assert back.classnames == head.classnames and back.provenance == {"kind": "test", "seed": 0}
+    tensors = tmp_path / "h.safetensors"
+    _head(seed=1, bias=True).save(tmp_path / "other")
+    (tmp_path / "other.safetensors").replace(tensors)  # weights of another head beside this JSON
+    with pytest.raises(ZsclipError, match="checksum"):
+        ClassHead.load(tmp_path / "h.json")
+    tensors.write_bytes(b"\x00" * 10)
+    with pytest.raises(ZsclipError, match="cannot be read"):
+        ClassHead.load(tmp_path / "h")
+
+
+def test_heads_refuse_bad_shapes():
+    with pytest.raises(ZsclipError, match="one row per class name"):
+        ClassHead(np.zeros((2, 4)), ("a", "b", "c"))
+    with pytest.raises(ZsclipError, match="finite"):
+        ClassHead(np.full((1, 2), np.nan), ("a",))
+
+
+def test_wise_ft_mixes_without_renormalising():
+    zs, learned = _head(0), _head(1)
+    mixed = wise_ft(zs, learned, 0.5)
+    np.testing.assert_allclose(mixed.weights, 0.5 * zs.weights + 0.5 * learned.weights)
+    np.testing.assert_allclose(wise_ft(zs, learned, 0.0).weights, zs.weights)
+    np.testing.assert_allclose(wise_ft(zs, learned, 0.25).weights, 0.25 * learned.weights + 0.75 * zs.weights)
+    assert mixed.provenance["wise_ft"]["alpha"] == 0.5
+    with pytest.raises(ZsclipError, match="alpha"):
+        wise_ft(zs, learned, 1.5)
+    with pytest.raises(ZsclipError, match="same classes"):
+        wise_ft(zs, ClassHead(np.zeros((3, 4)), ("x", "b", "c")))
+
+
+def test_linear_probe_is_a_head_that_separates_its_training_data():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8)) * 3
+    labels = np.repeat(np.arange(3), 20)
+    x = centres[labels] + rng.normal(size=(60, 8))
+    head = train_linear_probe(x, labels, ["a", "b", "c"])
+    assert head.bias is not None and (head.predict(x) == labels).mean() > 0.95
+    with pytest.raises(ZsclipError, match="every class"):
+        train_linear_probe(x[:40], labels[:40], ["a", "b", "c"])
+
+
+def test_few_shot_rows_draw_per_class_with_a_seed():
+    labels = np.array([0] * 5 + [1] * 2 + [2] * 4)
+    rows = few_shot_rows(labels, 3, seed=1)
+    assert np.bincount(labels[rows]).tolist() == [3, 2, 3]  # a class with fewer keeps all of its images
+    assert rows.tolist() == sorted(rows.tolist())
+    assert few_shot_rows(labels, 3, seed=1).tolist() == rows.tolist()
+    assert any(few_shot_rows(labels, 3, seed=s).tolist() != rows.tolist() for s in range(2, 8))
+
+
+def test_context_hands_out_stores_by_role(tmp_path, tiny_encoder):
+    ds = get_dataset("cub", make_cub_folder(tmp_path, n_classes=3, images_per_class=8))
+    ctx = RunContext(ds, tiny_encoder, shots=1, shot_seed=0)
+    fit = ctx.features("fit")
+    assert fit.split == "train" and np.bincount(fit.labels).tolist() == [1, 1, 1]
+    full = ctx.store("fit")
+    np.testing.assert_array_equal(fit.embeddings, np.asarray(full.embeddings, dtype=np.float32)[fit.rows])
+    assert ctx.features("choose").split == "val"
+    with pytest.raises(SplitRoleError, match="cannot be read while fitting"):
+        ctx.features("eval")
+    with ctx.evaluating():
+        assert ctx.features("eval").split == "test"
+    assert ctx.phase == "fit" and set(ctx.encoded) == {"train", "val", "test"}
+    assert ctx.store("fit") is full  # built once, shared
+    with pytest.raises(ZsclipError, match="unknown role"):
+        ctx.store("test")
+    with pytest.raises(ZsclipError, match="shots must be"):
+        RunContext(ds, tiny_encoder, shots=0)
