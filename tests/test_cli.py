@@ -158,15 +158,3 @@ def test_datasets_download_from_a_loopback_mirror(tmp_path, monkeypatch):
                                   "--url", f"{base}/CUB_200_2011.tgz"])
     assert bad.exit_code == 2 and "checksum" in bad.output.lower()
     assert not (tmp_path / "other" / "CUB_200_2011").exists()
-
-
-def test_the_readme_main_command_on_the_toy_world(tmp_path):
-    """`zsclip classify --dataset toyworld --method descriptions`: the built-in offline default, end to end."""
-    out = tmp_path / "toy.json"
-    res = runner.invoke(app, ["classify", "--dataset", "toyworld", "--method", "descriptions", "--device", "cpu",
-                              "-o", str(out)])
-    assert res.exit_code == 0, res.output
-    record = json.loads(out.read_text())
-    assert record["model"]["name"] == "toyworld" and record["counts"]["images"] == 3000
-    assert record["fit_info"]["descriptors"] == "prompts/toyworld/descriptors.json"
-    assert record["metrics"]["top1"] > 10.0  # chance is 1%: the committed model has learned the world
