@@ -16,9 +16,16 @@ from typing import Any
 from PIL import Image
 
 from ..errors import DatasetError
-from ..world.corpus import CORPUS_SEED_LIMIT
-from ..world.render import render
-from ..world.spec import DEFAULT_SEED, EVAL_STYLE, STYLES, attribute_phrases, build_world, instance_attributes
+from ..world import (
+    CORPUS_SEED_LIMIT,
+    DEFAULT_SEED,
+    EVAL_STYLE,
+    STYLES,
+    attribute_phrases,
+    build_world,
+    instance_attributes,
+    render,
+)
 from .base import Dataset, Sample, register_dataset
 from .download import load_card
 

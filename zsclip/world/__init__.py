@@ -11,7 +11,15 @@ evaluation dataset is registered as ``toyworld`` (``zsclip.datasets.toyworld``).
 
 from pathlib import Path
 
-from .corpus import build_corpus, make_caption, read_corpus, real_synonyms, synonym_counts, write_corpus
+from .corpus import (
+    CORPUS_SEED_LIMIT,
+    build_corpus,
+    make_caption,
+    read_corpus,
+    real_synonyms,
+    synonym_counts,
+    write_corpus,
+)
 from .render import IMAGE_SIZE, render
 from .spec import (
     ATTRIBUTES,
@@ -34,6 +42,7 @@ MODEL_DIR = Path(__file__).resolve().parent / "model"
 
 __all__ = [
     "ATTRIBUTES",
+    "CORPUS_SEED_LIMIT",
     "DEFAULT_SEED",
     "EVAL_STYLE",
     "IMAGE_SIZE",
