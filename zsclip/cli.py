@@ -45,6 +45,8 @@ StoreOpt = Annotated[Path | None, typer.Option(
     "--store", help="Image store folder (default: under the cache root, $ZSCLIP_HOME).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", help="Threads decoding images.")]
+RebuildOpt = Annotated[bool, typer.Option(
+    "--rebuild", help="Discard the image store and encode every image again (after damage, or to change --dtype).")]
 
 
 def _method_options(method: str, *, templates: str | None = None, descriptors: str | None = None,
@@ -139,12 +141,15 @@ def classify(
     store: StoreOpt = None,
     batch_size: BatchOpt = 64,
     workers: WorkersOpt = 4,
+    rebuild: RebuildOpt = False,
 ) -> None:
     """Evaluate a zero-shot method on a dataset split: metrics, a JSON record, optional predictions."""
+    from ._io import check_output_paths
     from .pipeline import classify as run_classify
     from .pipeline import write_record
 
     def go() -> None:
+        check_output_paths({"--output": output, "--predictions": predictions}, inputs=(descriptors, templates))
         opts = _method_options(method, templates=templates, descriptors=descriptors, aggregation=aggregation,
                                before=before, after=after, published_quirk=published_quirk,
                                attribute_threshold=attribute_threshold, count=count, words=words, seeds=seeds,
@@ -152,7 +157,7 @@ def classify(
                                dds_weight=dds_weight)
         run = run_classify(dataset, method, dataset_root=dataset_root, split=split, model=model,
                            pretrained=pretrained, device=device, precision=precision, store=store,
-                           batch_size=batch_size, workers=workers, method_options=opts)
+                           batch_size=batch_size, workers=workers, method_options=opts, rebuild=rebuild)
         _print_metrics(run.record)
         for row in range(min(explain, len(run.store))):
             out.print(f"\n[bold]image {row}[/] {run.store.paths[row]}")
@@ -209,15 +214,19 @@ def embed(
     split: SplitOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="float16 or float32 embeddings on disk.")] = "float16",
-    index: Annotated[str, typer.Option("--index", help="FAISS index-factory string (inner product).")] = "Flat",
+    dtype: Annotated[str | None, typer.Option(
+        "--dtype", help="float16 or float32 embeddings on disk (default: float16, or the existing store's).")] = None,
+    index: Annotated[str | None, typer.Option(
+        "--index", help="FAISS index-factory string, inner product (default: Flat, or the existing store's).")]
+    = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     store: StoreOpt = None,
     batch_size: BatchOpt = 64,
     workers: WorkersOpt = 4,
+    rebuild: RebuildOpt = False,
 ) -> None:
-    """Build (or resume, or reuse) the image store of a dataset split."""
+    """Build (or resume, refresh, or reuse) the image store of a dataset split."""
     from .datasets import get_dataset
     from .pipeline import encoder_for
     from .stores import ImageStore
@@ -226,7 +235,7 @@ def embed(
         ds = get_dataset(dataset, dataset_root)
         encoder = encoder_for(ds, model, pretrained, device=device, precision=precision)
         s = ImageStore.build(ds, split or ds.default_split, encoder, store, dtype=dtype, index=index,
-                             batch_size=batch_size, workers=workers)
+                             batch_size=batch_size, workers=workers, rebuild=rebuild)
         out.print(f"store {s.path}: {len(s)} images, dim {s.dim}, {s.manifest['dtype']}; encoded this run: "
                   f"{s.build_stats.images_encoded}; unreadable skipped: {s.build_stats.images_skipped}",
                   highlight=False)
@@ -259,11 +268,13 @@ def audit_descriptions_cmd(
     show: Annotated[int, typer.Option("--show", help="List the N least discriminative descriptions.")] = 10,
 ) -> None:
     """Does a description set carry meaning? Real vs reassigned descriptions, WaffleCLIP, discriminativeness."""
+    from ._io import check_output_paths
     from .audit import audit_descriptions, plot_discriminativeness, summary_table
     from .datasets import get_dataset
     from .pipeline import encoder_for, write_record
 
     def go() -> None:
+        check_output_paths({"--output": output, "--plot": plot}, inputs=(descriptors, truth))
         ds = get_dataset(dataset, dataset_root)
         encoder = encoder_for(ds, model, pretrained, device=device)
         record = audit_descriptions(ds, encoder, descriptors, split=split, val_split=val_split,

@@ -153,8 +153,8 @@ def encoder_for(dataset: Dataset, model: str | None = None, pretrained: str | No
 def classify(dataset: str | Dataset, method: str = "classnames", *, dataset_root: str | Path | None = None,
              split: str | None = None, model: str | Encoder | None = None, pretrained: str | None = None,
              device: str = "auto", precision: str = "fp32", store: str | Path | None = None,
-             store_dtype: str = "float16", index: str = "Flat", batch_size: int = 64, workers: int = 4,
-             method_options: dict[str, Any] | None = None) -> ClassificationRun:
+             store_dtype: str | None = None, index: str | None = None, batch_size: int = 64, workers: int = 4,
+             method_options: dict[str, Any] | None = None, rebuild: bool = False) -> ClassificationRun:
     """Evaluate a zero-shot method on a dataset split and return the run (see ``ClassificationRun``).
 
     Image embeddings come from the store (built on first use), text embeddings from the text cache, so a
@@ -165,7 +165,7 @@ def classify(dataset: str | Dataset, method: str = "classnames", *, dataset_root
     encoder = model if isinstance(model, Encoder) else encoder_for(ds, model, pretrained, device=device,
                                                                    precision=precision)
     image_store = ImageStore.build(ds, split, encoder, store, dtype=store_dtype, index=index,
-                                   batch_size=batch_size, workers=workers)
+                                   batch_size=batch_size, workers=workers, rebuild=rebuild)
     method_obj = get_method(method, **(method_options or {}))
     cache = TextEmbeddingCache(encoder)
     truncated = 0
