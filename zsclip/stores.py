@@ -360,8 +360,9 @@ class ImageStore:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             if exc.errno in NOT_WRITABLE:
-                raise StorageError(f"cannot build the image store at {path}: {exc.strerror}. Point ZSCLIP_HOME "
-                                   "at a writable folder, or pass --store DIR") from None
+                raise StorageError(f"cannot build the image store at {path}: the folder is not writable "
+                                   f"({exc.strerror}). Point ZSCLIP_HOME at a writable folder, or pass --store DIR"
+                                   ) from None
             raise
         job = _Build(cls, dataset, split, encoder, path, samples, dtype, index, batch_size, workers, shard_size)
         with file_lock(path / LOCK, waiting=f"waiting for another zsclip process building {path}") as writable:
