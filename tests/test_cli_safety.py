@@ -20,10 +20,12 @@ def test_an_output_that_is_the_descriptor_file_is_refused_before_the_run(tmp_pat
     before = desc.read_text()
     args = ["classify", "-d", "cub", "--dataset-root", str(root), "-m", "descriptions", "--descriptors", str(desc),
             "--model", tiny_model["name"], "--pretrained", str(tiny_model["checkpoint"]), "--device", "cpu"]
-    for extra in (["-o", str(desc)], ["--predictions", str(desc)], ["-o", "/dev/null"]):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for extra in (["-o", str(desc)], ["--predictions", str(desc)], ["-o", str(fifo)]):
         res = runner.invoke(app, [*args, *extra])
         assert res.exit_code == 2 and "Traceback" not in res.output, res.output
-    assert desc.read_text() == before
+    assert desc.read_text() == before and not fifo.is_file()
     assert not (isolated_cache / "stores").exists()  # refused before any image was encoded
 
     real = tmp_path / "kept" / "record.json"
