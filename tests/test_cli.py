@@ -40,7 +40,7 @@ def test_classify_descriptions_writes_record_and_predictions(cub_root, tiny_mode
     assert set(record["metrics"]) >= {"top1", "top5", "mean_per_class_recall", "per_class_accuracy"}
     assert record["counts"]["images_encoded"] == {"test": 14} and record["counts"]["images_skipped"] == {"test": 1}
     assert record["counts"]["texts_encoded"] == record["counts"]["texts"] > 0
-    assert record["fit_info"]["descriptors"] == "attributes(threshold=50)"
+    assert record["fit_info"]["descriptor_source"] == "attributes(threshold=50)"
     assert "classes_without_descriptors" not in record["method"]["params"]
     table = pq.read_table(preds)
     assert table.num_rows == 14 and {"prediction", "topk", "topk_scores", "correct"} <= set(table.column_names)

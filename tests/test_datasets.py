@@ -248,6 +248,30 @@ def test_cub_missing_annotation_file(cub_copy: Path) -> None:
         CubDataset(root=cub_copy)
 
 
+@pytest.mark.parametrize("bad_path", ["/etc/hostname", "../../outside.jpg", "001.x/../../../outside.jpg",
+                                      "C:/Windows/x.jpg"])
+def test_cub_image_paths_that_leave_the_root_are_refused(cub_copy: Path, bad_path: str) -> None:
+    path = cub_copy / "images.txt"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([f"1 {bad_path}", *lines[1:]]) + "\n")
+    with pytest.raises(DatasetError, match="image 1 has the path .* leaves the dataset's images/ folder"):
+        CubDataset(root=cub_copy)
+
+
+def test_cub_annotation_file_that_is_not_utf8(cub_copy: Path) -> None:
+    path = cub_copy / "classes.txt"
+    path.write_bytes(path.read_bytes() + "5 005.Mésange\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match="classes.txt is not UTF-8"):
+        CubDataset(root=cub_copy)
+
+
+@pytest.mark.parametrize("url", ["notaurl", "htp//x", "javascript:alert(1)"])
+def test_download_file_refuses_what_is_not_an_address(tmp_path: Path, url: str) -> None:
+    with pytest.raises(DatasetError, match="is not a download address"):
+        download_file(url, tmp_path / "x.tgz")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cub_damaged_attribute_percentages(cub_copy: Path) -> None:
     path = cub_copy / "attributes" / "class_attribute_labels_continuous.txt"
     lines = path.read_text().splitlines()

@@ -1,13 +1,16 @@
-"""Atomic writes: all or nothing, and the result has the usual permissions."""
+"""Atomic writes (all or nothing, usual permissions, through symlinks, never onto special files), output-path
+checks made before a run, and the JSON reader's refusals."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
 import pytest
 
-from zsclip._io import atomic_path, write_json_atomic
+from zsclip._io import atomic_path, check_output_path, check_output_paths, read_json, write_json_atomic
+from zsclip.errors import StorageError, ZsclipError
 
 
 def test_atomic_write_is_all_or_nothing(tmp_path):
@@ -38,3 +41,81 @@ def test_records_name_shipped_prompt_files_the_same_everywhere(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)  # anywhere: the name still finds the shipped file
     assert locate("prompts/toyworld/descriptors.json").resolve() == shipped.resolve()
     assert display_path(tmp_path / "mine.json") == str(tmp_path / "mine.json")
+
+
+def test_writes_go_through_symlinks_and_keep_the_link(tmp_path):
+    real = tmp_path / "results" / "real.json"
+    real.parent.mkdir()
+    real.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    write_json_atomic(link, {"a": 1})
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert json.loads(real.read_text()) == {"a": 1}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_special_files_are_refused(tmp_path, kind):
+    target = tmp_path / "special"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "directory":
+        target.mkdir()
+    else:  # a private copy of the null device: a failing test must never be able to replace /dev/null
+        try:
+            os.mknod(target, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        except (PermissionError, AttributeError):
+            pytest.skip("cannot make a device file here")
+    with pytest.raises(StorageError, match="not a regular file"):
+        write_json_atomic(target, {})
+    with pytest.raises(StorageError, match="not a regular file"):
+        check_output_path(target)
+    assert target.exists() and not target.is_file()
+
+
+def test_an_output_that_is_an_input_is_refused(tmp_path):
+    descriptors = tmp_path / "desc.json"
+    descriptors.write_text("{}")
+    link = tmp_path / "alias.json"
+    link.symlink_to(descriptors)
+    for out in (descriptors, link):
+        with pytest.raises(StorageError, match="also an input"):
+            check_output_path(out, inputs=[None, "attributes", str(descriptors)])
+    with pytest.raises(StorageError, match="same file"):
+        check_output_paths({"--output": tmp_path / "a.json", "--predictions": tmp_path / "a.json"})
+    check_output_path(tmp_path / "new" / "folder" / "out.json", inputs=[descriptors])  # made at write time
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into any folder")
+def test_an_unwritable_output_folder_is_refused_before_the_work(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(StorageError, match="not writable"):
+            check_output_path(locked / "sub" / "out.json")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_disk_full_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(StorageError, match="out.json.*disk is full"):
+        write_json_atomic(tmp_path / "out.json", {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_json_refuses_repeated_keys_and_non_utf8(tmp_path):
+    dup = tmp_path / "dup.json"
+    dup.write_text('{"Cardinal": ["red"], "Blue Jay": ["blue"], "Cardinal": ["crest"]}')
+    with pytest.raises(ZsclipError, match="'Cardinal' twice"):
+        read_json(dup)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('{"Pinson": ["tête noire"]}'.encode("latin-1"))
+    with pytest.raises(ZsclipError, match="not UTF-8"):
+        read_json(latin)

@@ -130,6 +130,38 @@ def test_descriptor_file_errors_name_file_and_mismatches(tmp_path):
     assert "'Unicorn' matches no class" in msg
 
 
+@pytest.mark.parametrize("content, both", [
+    ('{"Black-footed Albatross": ["white"], "black_footed albatross": ["grey"]}',
+     ("'Black-footed Albatross'", "'black_footed albatross'")),
+    ('{"Cardinal": ["red"], "Cardinal": ["crest"]}', ("'Cardinal' twice",)),
+    (json.dumps({"index_to_classname": {"0": "Blue Jay", "1": "blue_jay"},
+                 "index_to_descriptions": {"0": ["blue"], "1": ["crest"]}}), ("'Blue Jay'", "'blue_jay'")),
+])
+def test_colliding_descriptor_keys_are_an_error_naming_both(tmp_path, content, both):
+    f = tmp_path / "desc.json"
+    f.write_text(content)
+    with pytest.raises(DescriptorFileError) as info:
+        read_descriptor_file(f)
+    assert all(b in str(info.value) for b in both) and "desc.json" in str(info.value)
+    with pytest.raises(DescriptorFileError, match="'Red Fox' and 'red-fox'"):
+        match_descriptors({"Red Fox": ["a"], "red-fox": ["b"]}, ["red fox"], "mapping")
+
+
+def test_unreadable_descriptor_and_template_files_are_clear_errors(tmp_path):
+    dds = tmp_path / "dds.json"
+    dds.write_text(json.dumps({"index_to_classname": {"zero": "Blue Jay"}, "index_to_descriptions": {"zero": []}}))
+    with pytest.raises(DescriptorFileError, match="'zero' is not an integer"):
+        read_descriptor_file(dds)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('{"Pinson": ["tête noire"]}'.encode("latin-1"))
+    with pytest.raises(DescriptorFileError, match="latin.json is not UTF-8"):
+        read_descriptor_file(latin)
+    templates = tmp_path / "t.txt"
+    templates.write_bytes("une photo d'un {} \xe9".encode("latin-1"))
+    with pytest.raises(ZsclipError, match="t.txt is not UTF-8"):
+        load_templates(str(templates))
+
+
 def _random_set(rng, counts, dim=16, aggregation="mean"):
     per_class = [[(f"c{c} t{j}", f"d{j}") for j in range(n)] for c, n in enumerate(counts)]
     ps = PromptSet.from_lists([f"c{c}" for c in range(len(counts))], per_class, aggregation, "test")

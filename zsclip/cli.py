@@ -53,10 +53,14 @@ StoreOpt = Annotated[Path | None, typer.Option(
     "--store", help="Image store folder of the evaluated split (default: under the cache root, $ZSCLIP_HOME).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", help="Threads decoding images.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="float16 or float32 embeddings on disk.")]
+DtypeOpt = Annotated[str | None, typer.Option(
+    "--dtype", help="float16 or float32 embeddings on disk (default: float16, or the existing store's).")]
 FromRecordOpt = Annotated[Path | None, typer.Option(
     "--from-record", help="Re-run the classify record in this JSON file (its dataset, model, method, parameters).")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON record here.")]
+RebuildOpt = Annotated[bool, typer.Option(
+    "--rebuild", help="Discard the image stores this run uses and encode every image again (after damage, or to "
+    "change --dtype).")]
 
 
 def _encoded_line(record: Record) -> str:
@@ -96,6 +100,11 @@ def _compare_metrics(expected: dict[str, Any], got: dict[str, Any]) -> list[str]
             if k in expected and got.get(k) != expected.get(k)]
 
 
+def _file_inputs(params: dict[str, Any]) -> list[Any]:
+    """The parameter values that may name input files (so that no output overwrites them)."""
+    return [v for v in params.values() if isinstance(v, (str, Path)) and v]
+
+
 def _same_run(path: Path, spec: dict[str, Any]) -> bool:
     """Whether ``path`` holds a classify record of the run ``spec`` describes (for --skip-existing)."""
     try:
@@ -132,11 +141,13 @@ def classify(
     dtype: DtypeOpt = "float16",
     batch_size: BatchOpt = 64,
     workers: WorkersOpt = 4,
+    rebuild: RebuildOpt = False,
 ) -> None:
     """Evaluate a method on a dataset split: metrics, a JSON record, optional predictions and explanations.
 
     Method parameters are given as `-p NAME=VALUE` (see `zsclip methods show METHOD`).
     """
+    from ._io import check_output_paths
     from .datasets import get_dataset
     from .methods import jsonable_params, make_method, parse_params
     from .pipeline import classify as run_classify
@@ -147,12 +158,15 @@ def classify(
             if dataset or param:
                 raise ZsclipError("--from-record takes the dataset, method and parameters from the record; "
                                   "leave out --dataset and --param")
+            check_output_paths({"--output": output, "--predictions": predictions}, inputs=(from_record,))
             expected = Record.read(from_record)
-            run = classify_from_record(expected, device=device)
+            run = classify_from_record(expected, device=device, rebuild=rebuild)
         else:
             if not dataset:
                 raise ZsclipError("give --dataset NAME (or --from-record FILE)")
             params = parse_params(method, param or [])
+            check_output_paths({"--output": None if skip_existing else output, "--predictions": predictions},
+                               inputs=_file_inputs(params))
             if skip_existing:
                 if output is None:
                     raise ZsclipError("--skip-existing needs --output: it skips the run when that record exists")
@@ -161,16 +175,17 @@ def classify(
                 m = make_method(method, **params)
                 spec = {"kind": "classify", "method": {"name": method, "params": jsonable_params(m.get_params()),
                                                        "seeds": None if not m.randomised else
-                                                       list(range(seeds or m.default_seeds))}}
+                                                       list(range(m.seed, m.seed + (seeds or m.default_seeds)))}}
                 spec_model = {"name": name, "pretrained": pre}
                 if output.exists() and _same_run(output, spec) and \
                         {k: Record.read(output).model.get(k) for k in spec_model} == spec_model:
                     out.print(f"skipped: {output} already holds this run's record", highlight=False, markup=False)
                     return
+                check_output_paths({"--output": output}, inputs=_file_inputs(params))
             run = run_classify(dataset, method, params=params, seeds=seeds, dataset_root=dataset_root, split=split,
                                model=model, pretrained=pretrained, device=device, precision=precision, store=store,
                                store_dtype=dtype, batch_size=batch_size, workers=workers, shots=shots,
-                               shot_seed=shot_seed)
+                               shot_seed=shot_seed, rebuild=rebuild)
             expected = None
         _print_metrics(run.record)
         for row in range(min(explain, len(run.store))):
@@ -243,15 +258,18 @@ def embed(
     split: SplitOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
-    dtype: DtypeOpt = "float16",
-    index: Annotated[str, typer.Option("--index", help="FAISS index-factory string (inner product).")] = "Flat",
+    dtype: DtypeOpt = None,
+    index: Annotated[str | None, typer.Option(
+        "--index", help="FAISS index-factory string, inner product (default: Flat, or the existing store's).")]
+    = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     store: StoreOpt = None,
     batch_size: BatchOpt = 64,
     workers: WorkersOpt = 4,
+    rebuild: RebuildOpt = False,
 ) -> None:
-    """Build (or resume, or reuse) the image store of a dataset split."""
+    """Build (or resume, refresh, or reuse) the image store of a dataset split."""
     from .datasets import get_dataset
     from .pipeline import encoder_for
     from .stores import ImageStore
@@ -260,7 +278,7 @@ def embed(
         ds = get_dataset(dataset, dataset_root)
         encoder = encoder_for(ds, model, pretrained, device=device, precision=precision)
         s = ImageStore.build(ds, split or ds.default_split, encoder, store, dtype=dtype, index=index,
-                             batch_size=batch_size, workers=workers)
+                             batch_size=batch_size, workers=workers, rebuild=rebuild)
         out.print(f"store {s.path}: {len(s)} images, dim {s.dim}, {s.manifest['dtype']}; encoded this run: "
                   f"{s.build_stats.images_encoded}; unreadable skipped: {s.build_stats.images_skipped}",
                   highlight=False, markup=False)
@@ -288,6 +306,7 @@ def audit_descriptions_cmd(
     Parameters as `-p NAME=VALUE` (descriptors, template, seeds, reassignment, weight_grid, oracle, truth);
     `zsclip methods show audit-descriptions` lists them. w is chosen on the dataset's validation split.
     """
+    from ._io import check_output_paths
     from .audit import DescriptionAudit, plot_discriminativeness, summary_table
     from .context import RunContext
     from .datasets import get_dataset
@@ -295,7 +314,9 @@ def audit_descriptions_cmd(
     from .pipeline import encoder_for
 
     def go() -> None:
-        audit = DescriptionAudit(**parse_params(DescriptionAudit, param or []))
+        params = parse_params(DescriptionAudit, param or [])
+        check_output_paths({"--output": output, "--plot": plot}, inputs=_file_inputs(params))
+        audit = DescriptionAudit(**params)
         ds = get_dataset(dataset, dataset_root)
         encoder = encoder_for(ds, model, pretrained, device=device)
         record = audit.run(RunContext(ds, encoder, eval_split=split))

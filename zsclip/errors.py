@@ -25,3 +25,14 @@ class DatasetError(ZsclipError):
 
 class DescriptorFileError(ZsclipError):
     """A descriptor / prompt file cannot be read or does not match the dataset's classes."""
+
+
+class CorruptCacheError(ZsclipError):
+    """A cached file (image store, text cache) fails its checks: it is never used, it is rebuilt."""
+
+
+class StorageError(ZsclipError, OSError):
+    """A file cannot be written: the disk is full, the folder is read-only, or the path is not a file.
+
+    Also an ``OSError``, so code that tolerates failed optional writes (``except OSError``) still does.
+    """

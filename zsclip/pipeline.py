@@ -226,14 +226,16 @@ def classify(dataset: str | Dataset, method: str | Method = "classnames", *, par
              seeds: int | Sequence[int] | None = None, dataset_root: str | Path | None = None,
              split: str | None = None, model: str | Encoder | None = None, pretrained: str | None = None,
              device: str = "auto", precision: str = "fp32", store: str | Path | None = None,
-             store_dtype: str = "float16", index: str = "Flat", batch_size: int = 64, workers: int = 4,
-             shots: int | None = None, shot_seed: int = 0, llm: Any = None) -> ClassificationRun:
+             store_dtype: str | None = None, index: str | None = None, batch_size: int = 64, workers: int = 4,
+             shots: int | None = None, shot_seed: int = 0, llm: Any = None,
+             rebuild: bool = False) -> ClassificationRun:
     """Evaluate a method on a dataset split and return the run (see ``ClassificationRun``).
 
     ``method`` is a registered name (with ``params``) or a method object; ``seeds`` (a count or a list) applies
     to randomised methods (default: the method's ``default_seeds``). Image embeddings come from the stores
     (built on first use), text embeddings from the text cache, so a repeated run encodes nothing;
-    ``record.counts`` says what this run encoded and skipped, per split.
+    ``record.counts`` says what this run encoded and skipped, per split. ``store_dtype`` / ``index`` default to
+    what an existing store has (else float16 / Flat); ``rebuild`` re-encodes every store the run uses, once.
     """
     t0 = time.perf_counter()
     ds = dataset if isinstance(dataset, Dataset) else get_dataset(dataset, dataset_root)
@@ -244,7 +246,7 @@ def classify(dataset: str | Dataset, method: str | Method = "classnames", *, par
                                                                    precision=precision)
     ctx = RunContext(ds, encoder, llm=llm, eval_split=split or ds.default_split, eval_store_path=store,
                      store_options={"dtype": store_dtype, "index": index, "batch_size": batch_size,
-                                    "workers": workers}, shots=shots, shot_seed=shot_seed)
+                                    "workers": workers, "rebuild": rebuild}, shots=shots, shot_seed=shot_seed)
     prepared = run_method(ctx, method_obj, seeds)
     t_score = time.perf_counter()
     with ctx.evaluating():
@@ -260,7 +262,8 @@ def classify(dataset: str | Dataset, method: str | Method = "classnames", *, par
         model={"name": encoder.name, "pretrained": encoder.pretrained, "fingerprint": encoder.fingerprint},
         method={"name": method_obj.name, "params": jsonable_params(method_obj.get_params()),
                 "seeds": prepared.seeds},
-        run={"store_dtype": store_dtype, "index": index, **ctx.describe()},
+        run={"store_dtype": eval_store.manifest.get("dtype"), "index": eval_store.manifest.get("index"),
+             **ctx.describe()},
         fit_info=prepared.fit_info,
         metrics=metrics,
         counts={"images": len(eval_store), "images_encoded": dict(ctx.encoded),

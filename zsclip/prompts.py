@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import read_json
+from ._io import read_json, read_text
 from .errors import DescriptorFileError, ZsclipError
 from .paths import resource_dir
 
@@ -105,7 +105,7 @@ def load_templates(spec: str, card: Mapping[str, object] | None = None) -> list[
     if not path.is_file():
         raise ZsclipError(f"--templates {spec!r} is not a template (no '{{}}'), a known set "
                           f"(simple, ensemble, openai-imagenet) or a file")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in read_text(path, what="template file").splitlines()]
     templates = [ln for ln in lines if ln and not ln.startswith("#")]
     for i, t in enumerate(templates):
         try:
@@ -164,26 +164,55 @@ def _name_key(name: str) -> str:
 
 
 def read_descriptor_file(path: str | Path) -> dict[str, list[str]]:
-    """Read descriptors in the CbD/CuPL or DDS format as ``{classname: [descriptor, ...]}`` (file order)."""
+    """Read descriptors in the CbD/CuPL or DDS format as ``{classname: [descriptor, ...]}`` (file order).
+
+    Refused with a ``DescriptorFileError`` naming the file: invalid or non-UTF-8 JSON, a key given twice,
+    a DDS index that is not an integer, and two class names that differ only in case, ``_`` or ``-``
+    (they would match the same class).
+    """
     path = Path(path).expanduser()
-    data = read_json(path, what="descriptor file")
+    try:
+        data = read_json(path, what="descriptor file")
+    except DescriptorFileError:
+        raise
+    except ZsclipError as exc:
+        raise DescriptorFileError(str(exc)) from None
     if isinstance(data, dict) and "index_to_classname" in data:
         names = data["index_to_classname"]
         descs = data.get("index_to_descriptions")
         if not isinstance(names, dict) or not isinstance(descs, dict):
             raise DescriptorFileError(f"{path}: DDS format needs objects 'index_to_classname' and "
                                       "'index_to_descriptions'")
+        bad = [k for k in names if not k.strip().lstrip("-").isdigit()]
+        if bad:
+            raise DescriptorFileError(f"{path}: index_to_classname key {bad[0]!r} is not an integer class index")
         out: dict[str, list[str]] = {}
         for idx in sorted(names, key=lambda k: int(k)):
             if idx not in descs:
                 raise DescriptorFileError(f"{path}: index_to_descriptions has no entry {idx!r} "
                                           f"(class {names[idx]!r})")
             out[str(names[idx])] = _string_list(descs[idx], path, f"index_to_descriptions[{idx!r}]")
+        _check_name_collisions(out, str(path))
         return out
     if not isinstance(data, dict):
         raise DescriptorFileError(f"{path}: expected a JSON object {{classname: [descriptor, ...]}} "
                                   f"(CbD/CuPL) or a DDS file, got {type(data).__name__}")
-    return {str(k): _string_list(v, path, repr(k)) for k, v in data.items()}
+    out = {str(k): _string_list(v, path, repr(k)) for k, v in data.items()}
+    _check_name_collisions(out, str(path))
+    return out
+
+
+def _check_name_collisions(names: Sequence[str] | Mapping[str, object], source: str) -> None:
+    """Refuse two names that differ only in case, '_' or '-' (name matching would merge them)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = _name_key(name)
+        if key in seen and seen[key] != name:
+            raise DescriptorFileError(
+                f"{source}: entries {seen[key]!r} and {name!r} differ only in case, '_' or '-', so both would "
+                "match the same class; merge them into one entry or rename one"
+            )
+        seen.setdefault(key, name)
 
 
 def _string_list(value: object, path: Path, where: str) -> list[str]:
@@ -197,8 +226,10 @@ def match_descriptors(descriptors: Mapping[str, list[str]], classnames: Sequence
     """Align descriptors to ``classnames`` by name (case, '_' and '-' ignored).
 
     A class missing from the file or a file entry matching no class is an error that lists all of
-    them with the closest names; a class listed with an empty list is allowed (it falls back).
+    them with the closest names; a class listed with an empty list is allowed (it falls back). Two
+    entries that match the same class are an error naming both.
     """
+    _check_name_collisions(descriptors, source)
     by_key = {_name_key(k): v for k, v in descriptors.items()}
     class_keys = [_name_key(c) for c in classnames]
     missing = [c for c, k in zip(classnames, class_keys) if k not in by_key]

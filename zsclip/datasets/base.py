@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,17 @@ class Dataset(abc.ABC):
         with Image.open(sample.path) as img:
             img.load()
             return img.convert("RGB")
+
+    def image_signature(self, sample: Sample) -> tuple[int, int]:
+        """(size in bytes, modification time in ns) of the sample's file, or (-1, -1) when it has none.
+
+        Image stores record it per image to notice replaced, restored or newly readable files.
+        """
+        try:
+            st = os.stat(sample.path)
+        except OSError:
+            return (-1, -1)
+        return (st.st_size, st.st_mtime_ns)
 
     def attribute_descriptors(self, threshold: float = 50.0) -> dict[str, list[str]]:
         """LLM-free descriptors from attribute annotations, for datasets that have them."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import DatasetError
@@ -222,22 +222,21 @@ class CubDataset(Dataset):
         if not path.is_file():
             raise DatasetError(f"CUB annotation file missing: {path}; {_FIX}")
         table: dict[int, str] = {}
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                parts = line.split(maxsplit=1)
-                if len(parts) != 2 or not parts[0].isdigit():
-                    raise DatasetError(
-                        f"{path}, line {lineno}: expected '<{fields[0]}> <{fields[1]}>', "
-                        f"got {line.strip()!r}. The file is damaged; {_FIX}"
-                    )
-                key = int(parts[0])
-                if key in table:
-                    raise DatasetError(
-                        f"{path}, line {lineno}: {fields[0]} {key} appears twice. The file is damaged; {_FIX}"
-                    )
-                table[key] = parts[1].strip()
+        for lineno, line in enumerate(_read_lines(path), 1):
+            if not line.strip():
+                continue
+            parts = line.split(maxsplit=1)
+            if len(parts) != 2 or not parts[0].isdigit():
+                raise DatasetError(
+                    f"{path}, line {lineno}: expected '<{fields[0]}> <{fields[1]}>', "
+                    f"got {line.strip()!r}. The file is damaged; {_FIX}"
+                )
+            key = int(parts[0])
+            if key in table:
+                raise DatasetError(
+                    f"{path}, line {lineno}: {fields[0]} {key} appears twice. The file is damaged; {_FIX}"
+                )
+            table[key] = parts[1].strip()
         return table
 
     def _read_samples(self) -> dict[str, list[Sample]]:
@@ -266,7 +265,13 @@ class CubDataset(Dataset):
                     f"expected 1 (train) or 0 (test); {_FIX}"
                 )
             split = "train" if is_train[image_id] == "1" else "test"
-            path = self.root / "images" / images[image_id]
+            relative = PurePosixPath(images[image_id].replace("\\", "/"))
+            if relative.is_absolute() or ".." in relative.parts or relative.parts[:1] and ":" in relative.parts[0]:
+                raise DatasetError(
+                    f"{self.root / 'images.txt'}: image {image_id} has the path {images[image_id]!r}, which leaves "
+                    f"the dataset's images/ folder; paths must be relative and stay inside it. {_FIX}"
+                )
+            path = self.root / "images" / relative
             splits[split].append(Sample(path=str(path), label=int(label) - 1))
         splits["trainval"] = splits["train"]
         splits["train"], splits["val"] = self._carve_val(splits["trainval"])
@@ -325,20 +330,19 @@ class CubDataset(Dataset):
         if not path.is_file():
             raise DatasetError(f"CUB class attribute percentages not found: {path}; {_FIX}")
         rows: list[list[float]] = []
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = [float(v) for v in line.split()]
-                except ValueError:
-                    row = []
-                if len(row) != len(names) or not all(0.0 <= v <= 100.0 for v in row):
-                    raise DatasetError(
-                        f"{path}, line {lineno}: expected {len(names)} percentages from 0 to 100 (one per "
-                        f"attribute in attributes.txt), got {line.strip()[:80]!r}; {_FIX}"
-                    )
-                rows.append(row)
+        for lineno, line in enumerate(_read_lines(path), 1):
+            if not line.strip():
+                continue
+            try:
+                row = [float(v) for v in line.split()]
+            except ValueError:
+                row = []
+            if len(row) != len(names) or not all(0.0 <= v <= 100.0 for v in row):
+                raise DatasetError(
+                    f"{path}, line {lineno}: expected {len(names)} percentages from 0 to 100 (one per "
+                    f"attribute in attributes.txt), got {line.strip()[:80]!r}; {_FIX}"
+                )
+            rows.append(row)
         if len(rows) != len(self.classnames):
             raise DatasetError(f"{path} has {len(rows)} rows, expected one per class ({len(self.classnames)}); {_FIX}")
         return rows
@@ -364,6 +368,15 @@ class CubDataset(Dataset):
         if empty:
             logger.info("%d CUB classes have no attribute at or above %.1f%%", empty, threshold)
         return descriptors
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 annotation file (``DatasetError`` naming the file when it is not UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                           f"{exc.start}); the file is damaged; {_FIX}") from None
 
 
 def _contiguous(table: dict[int, str], path: Path, what: str) -> list[str]:

@@ -17,6 +17,7 @@ import stat
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -70,6 +71,10 @@ def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, sha
     says what went wrong. A progress bar is shown on stderr.
     """
     dest = Path(dest)
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https", "ftp", "file") or not (parsed.netloc or parsed.scheme == "file"):
+        raise DatasetError(f"{url!r} is not a download address (expected http://..., https://..., ftp://... or "
+                           "file://...); check --url")
     digests = _hashers(md5, sha256)
     logger.info("downloading %s to %s", url, dest)
     with atomic_path(dest) as tmp:
@@ -84,7 +89,7 @@ def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, sha
                         for hasher, _ in digests.values():
                             hasher.update(chunk)
                         progress.advance(task, len(chunk))
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise DatasetError(
                 f"could not download {url}: {reason}. Check the address and the network, or download the "

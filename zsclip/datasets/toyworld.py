@@ -75,6 +75,10 @@ class ToyWorldDataset(Dataset):
         seed = self.render_seed(split, index)
         return render(instance_attributes(self.world, sample.label, seed), self.style, seed)
 
+    def image_signature(self, sample: Sample) -> tuple[int, int]:
+        """Rendered images have no file, so they never go stale: always (-1, -1), no file-system call."""
+        return (-1, -1)
+
     def attribute_descriptors(self, threshold: float = 50.0) -> dict[str, list[str]]:
         """One true descriptor per attribute of every species (the world's ground truth; ``threshold`` is
         unused because toy-world attributes are exact)."""
