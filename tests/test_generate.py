@@ -48,12 +48,11 @@ BY_NAME = {s.name: s for s in WORLD.species}
 
 
 def _start(**rates: float) -> Iterator[str]:
-    server, url = serve(port=0, seed=0, **rates)
+    server = serve(port=0, seed=0, **rates)
     try:
-        yield url
+        yield server.url
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 @pytest.fixture(scope="module")
