@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 #: request body (the decoded JSON, with the ``Authorization`` header under ``"_auth"``) → reply text
 Responder = Callable[[dict[str, Any]], str]
-FAULT_KINDS = ("status", "sleep", "short_body", "cut_json", "no_length")
+FAULT_KINDS = ("status", "sleep", "short_body", "cut_json", "no_length", "usage")
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,15 @@ class Fault:
     ``status``: answer with HTTP ``status`` (and ``Retry-After: retry_after`` when given); ``sleep``: wait
     ``seconds`` before answering; ``short_body``: send half the body but announce all of it; ``cut_json``:
     send half the body as if it were all; ``no_length``: send the body without ``Content-Length`` and close
-    the connection (the client must read to the end of the stream).
+    the connection (the client must read to the end of the stream); ``usage``: report ``usage`` (any JSON)
+    as the reply's token usage.
     """
 
     kind: str
     status: int = 500
     retry_after: str | None = None
     seconds: float = 0.0
+    usage: Any = None
 
 
 class Refusal(Exception):
@@ -222,7 +224,10 @@ class ChatServer:
                 except Refusal as refusal:
                     self._error(refusal.status, str(refusal))
                     return
-                payload = json.dumps(server._reply(body, text)).encode()
+                reply = server._reply(body, text)
+                if fault and fault.kind == "usage":
+                    reply["usage"] = fault.usage
+                payload = json.dumps(reply).encode()
                 if fault and fault.kind == "short_body":
                     self.close_connection = True
                     self._send(200, payload[: len(payload) // 2], length=len(payload))
