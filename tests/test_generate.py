@@ -392,3 +392,20 @@ def test_ctrl_c_during_describe_stops_requests_at_once(hanging_server, tmp_path)
     assert hanging_server.received == 9  # nothing was sent after the signal
     assert "interrupted: 5 of 100 requests had finished" in stderr and "Traceback" not in stderr
     assert len(LLMCache()) == 5 and not (tmp_path / "out.json").exists()
+
+
+def test_llm_serve_says_its_process_id_and_how_to_stop_it():
+    command = [sys.executable, "-c", "from zsclip.cli import main; main()", "world", "llm-serve", "--port", "0"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
+                                                                    os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [process.stderr.readline() for _ in range(3)]
+        assert f"process id {process.pid}" in lines[0] and f"kill {process.pid}" in lines[2]
+        url = lines[0].split(" at ")[1].split(",")[0]
+        with urllib.request.urlopen(url + "/models", timeout=10) as response:  # it serves where it says
+            assert json.load(response)["data"][0]["id"] == "oracle"
+        os.kill(process.pid, signal.SIGTERM)  # the printed stop command
+        assert process.wait(timeout=30) == 0 and "stopped" in process.stderr.read()
+    finally:
+        process.kill()
