@@ -276,12 +276,13 @@ def llm_serve(
     it runs in the background with ``&``).
     """
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(stderr=True, soft_wrap=True)
     try:
         server = make_server("127.0.0.1", port, seed, generic_rate, wrong_rate)
     except (OSError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     pid = os.getpid()
     console.print(f"oracle LLM stand-in (world seed {seed}, generic {generic_rate:g}, wrong {wrong_rate:g}) at "
