@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -15,9 +21,11 @@ from typing import Any
 import numpy as np
 import pytest
 import typer
+from llm_server import hang_after
 from typer.testing import CliRunner
 
 import zsclip.generate_cli as generate_cli
+from zsclip.chat_server import ChatServer
 from zsclip.errors import ZsclipError
 from zsclip.generate import (
     clean_synonym,
@@ -35,10 +43,11 @@ from zsclip.generate import (
     write_descriptor_file,
     write_synonym_file,
 )
-from zsclip.llm import LLMClient, RetryPolicy
+from zsclip.llm import LLMCache, LLMClient, RetryPolicy
+from zsclip.paths import cache_root, resource_dir
 from zsclip.prompts import match_descriptors, read_descriptor_file
 from zsclip.world import build_world
-from zsclip.world.oracle import UNKNOWN_REPLY, Oracle, judge_descriptor, serve
+from zsclip.world.oracle import UNKNOWN_REPLY, Oracle, judge_descriptor, responder, serve
 
 GENERIC, WRONG = 0.2, 0.1
 WORLD = build_world(0)
@@ -48,12 +57,11 @@ BY_NAME = {s.name: s for s in WORLD.species}
 
 
 def _start(**rates: float) -> Iterator[str]:
-    server, url = serve(port=0, seed=0, **rates)
+    server = serve(port=0, seed=0, **rates)
     try:
-        yield url
+        yield server.url
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -246,13 +254,20 @@ def cli() -> typer.Typer:
     return app
 
 
-def test_describe_command_end_to_end_and_cached(cli, oracle_url, tmp_path, monkeypatch):
-    monkeypatch.setattr(generate_cli, "resource_dir", lambda name: tmp_path / name)
+def _shipped_prompt_files() -> dict[str, str]:
+    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(resource_dir("prompts").rglob("*")) if f.is_file()}
+
+
+def test_describe_command_end_to_end_and_cached(cli, oracle_url, tmp_path):
+    shipped = _shipped_prompt_files()
     runner = CliRunner()
     args = ["describe", "--dataset", "toyworld", "--llm", "oracle", "--base-url", oracle_url]
     first = runner.invoke(cli, args)
     assert first.exit_code == 0, first.output
-    path = tmp_path / "prompts" / "toyworld" / "descriptors_cbd_oracle.json"
+    # without --output the file goes under $ZSCLIP_HOME/generated/, never into the package's prompts/
+    path = cache_root() / "generated" / "toyworld" / "descriptors_cbd_oracle.json"
+    assert f"wrote {path}" in first.output and _shipped_prompt_files() == shipped
     descriptors = read_descriptor_file(path)
     assert list(descriptors) == WORLD.classnames and all(descriptors.values())
     assert "LLM: 100 calls, 0 cached" in first.output and "failed" not in first.output
@@ -326,3 +341,71 @@ def test_meta_prompts_ship_with_their_placeholders():
         text = Path(meta_prompt_path(name)).read_text()
         assert all(p in text for p in needed)
     assert all("{classname}" in line for line in meta_prompt_path("cupl.txt").read_text().splitlines() if line)
+
+
+def test_synonyms_without_output_go_under_the_cache(cli, truthful_url):
+    shipped = _shipped_prompt_files()
+    result = CliRunner().invoke(cli, ["synonyms", "-d", "toyworld", "--llm", "oracle", "--base-url", truthful_url])
+    assert result.exit_code == 0, result.output
+    path = cache_root() / "generated" / "toyworld" / "synonyms_oracle.json"
+    assert path.is_file() and f"wrote {path}" in result.output and _shipped_prompt_files() == shipped
+
+
+@pytest.fixture()
+def hanging_server() -> Iterator[ChatServer]:
+    """An oracle that answers the first 5 requests and never the others (until the test ends)."""
+    release = threading.Event()
+    with ChatServer(hang_after(5, release, responder(Oracle(WORLD, 0.0, 0.0))), record=True) as server:
+        try:
+            yield server
+        finally:
+            release.set()
+
+
+def test_describe_timeout_and_retries_options(cli, hanging_server):
+    result = CliRunner().invoke(cli, ["describe", "-d", "toyworld", "--llm", "oracle", "--base-url",
+                                      hanging_server.url, "--timeout", "0.3", "--retries", "1"])
+    assert result.exit_code == 2
+    assert "failed 2 times; last: no reply within the 0.3 s timeout" in result.output
+    assert f"LLM oracle at {hanging_server.url}" in result.output  # says at once which server it asks
+
+
+def test_ctrl_c_during_describe_stops_requests_at_once(hanging_server, tmp_path):
+    """SIGINT while 4 requests hang: no request after the signal, the 5 answered replies are cached, exit."""
+    command = [sys.executable, "-c", "from zsclip.cli import main; main()", "describe", "-d", "toyworld",
+               "--llm", "oracle", "--base-url", hanging_server.url, "--output", str(tmp_path / "out.json")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
+                                                                    os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):  # the client keeps 4 requests in flight: 5 answered + 4 hanging
+            if hanging_server.received >= 9 or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        time.sleep(0.3)
+        assert hanging_server.received == 9, process.poll()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    assert hanging_server.received == 9  # nothing was sent after the signal
+    assert "interrupted: 5 of 100 requests had finished" in stderr and "Traceback" not in stderr
+    assert len(LLMCache()) == 5 and not (tmp_path / "out.json").exists()
+
+
+def test_llm_serve_says_its_process_id_and_how_to_stop_it():
+    command = [sys.executable, "-c", "from zsclip.cli import main; main()", "world", "llm-serve", "--port", "0"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
+                                                                    os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [process.stderr.readline() for _ in range(3)]
+        assert f"process id {process.pid}" in lines[0] and f"kill {process.pid}" in lines[2]
+        url = lines[0].split(" at ")[1].split(",")[0]
+        with urllib.request.urlopen(url + "/models", timeout=10) as response:  # it serves where it says
+            assert json.load(response)["data"][0]["id"] == "oracle"
+        os.kill(process.pid, signal.SIGTERM)  # the printed stop command
+        assert process.wait(timeout=30) == 0 and "stopped" in process.stderr.read()
+    finally:
+        process.kill()

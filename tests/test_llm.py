@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
+import socket
 import threading
 from collections import Counter
 from typing import Any
 
 import pytest
-from llm_server import ChatServer, Refusal
+from llm_server import ChatServer, Refusal, hang_after
 
 from zsclip.errors import ZsclipError
 from zsclip.llm import (
@@ -203,9 +205,9 @@ def test_max_calls_stops_the_job_and_a_rerun_resumes(server):
 
 
 def test_max_cost_stops_before_the_call_that_would_pass_it(server):
-    llm = make_client(server.url, max_cost=0.012, concurrency=1)  # each call: 5 tokens, $0.005
+    llm = make_client(server.url, max_cost=0.012, concurrency=1)  # each call: 5 tokens, $0.005; est. 4 tokens
     with pytest.raises(BudgetExceeded, match="max_cost"):
-        llm.complete_many(["a b", "c d", "e f", "g h"])
+        llm.complete_many(["a b", "c d", "e f", "g h"], max_tokens=3)
     assert llm.accounting.calls == 2 and llm.accounting.cost_usd == pytest.approx(0.010)
 
 
@@ -314,3 +316,129 @@ def test_accounting_can_be_shared_by_clients(server):
     make_client(server.url, accounting=shared).complete("a")
     assert (shared.calls, shared.cached) == (1, 1)
     assert shared.as_dict()["calls"] == 1
+
+
+# -- failing fast, saying what happens, untrusted replies, budget reservation, broken cache ---------------
+
+@pytest.fixture()
+def refusing_url():
+    """A loopback address that refuses connections: a socket bound (so no one else takes the port) but not
+    listening."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    finally:
+        sock.close()
+
+
+def test_a_server_that_is_not_there_is_reported_at_once_without_retries(refusing_url, caplog):
+    caplog.set_level(logging.INFO, logger="zsclip.llm")
+    llm = make_client(refusing_url, retry=RetryPolicy(max_retries=3, backoff_base=0.001))
+    with pytest.raises(LLMError) as info:
+        llm.complete_many(["a", "b", "c"])
+    message = str(info.value)
+    assert refusing_url in message and "not reachable" in message and "connection error" in message
+    assert llm.accounting.retries == 0  # retries are for flaky servers, not for absent ones
+    assert any(refusing_url in r.getMessage() and "contacting" in r.getMessage() for r in caplog.records)
+
+
+def test_a_server_that_answered_before_is_retried_and_each_retry_is_one_warning(caplog):
+    caplog.set_level(logging.INFO, logger="zsclip.llm")
+    with ChatServer() as server:
+        llm = make_client(server.url)
+        server.fault("no_length")  # the server closes this connection: the next request must connect anew
+        assert llm.complete("first").text == "echo: first"
+    with pytest.raises(LLMError, match="failed 4 times; last: connection error"):
+        llm.complete("second")
+    retries = [r for r in caplog.records if "retry" in r.getMessage()]
+    assert llm.accounting.retries == 3 and len(retries) == 3
+    assert all(r.levelno == logging.WARNING and "\n" not in r.getMessage() for r in retries)
+
+
+@pytest.mark.parametrize("fault", [None, "no_length"])
+def test_a_reply_over_the_size_cap_fails_its_item_and_is_not_cached(server, fault):
+    server.responder = lambda body: "word " * 2000 if body["messages"][-1]["content"] == "big" else "small"
+    llm = make_client(server.url, max_reply_bytes=4000)
+    if fault:
+        server.fault(fault)
+    results = llm.complete_many(["big", "little"])
+    assert not results[0].ok and "larger than the 4,000-byte cap" in results[0].error
+    assert results[1].value == "small"
+    assert len(LLMCache()) == 1 and llm.accounting.failures == 1
+    assert len(server.requests) == 2  # a too-large reply is not asked again
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": -75_000_000, "completion_tokens": -5},
+                                   {"prompt_tokens": "many", "completion_tokens": None}, [1, 2], "x"])
+def test_token_usage_from_the_server_is_untrusted(server, usage):
+    server.fault("usage", usage=usage)
+    llm = make_client(server.url)
+    reply = llm.complete("hello there")
+    assert reply.prompt_tokens >= 0 and reply.completion_tokens >= 0
+    assert llm.accounting.cost_usd >= 0 and "$-" not in llm.accounting.summary()
+
+
+def test_absurd_token_usage_is_clamped(server):
+    server.fault("usage", usage={"prompt_tokens": 10**15, "completion_tokens": 10**15})
+    llm = make_client(server.url)
+    reply = llm.complete("hello there", max_tokens=50)
+    assert reply.completion_tokens == 50 and reply.prompt_tokens < 1000
+
+
+def test_max_cost_below_one_call_makes_no_call_even_with_concurrency(server):
+    llm = make_client(server.url, max_cost=0.002, concurrency=4)  # one call: ≥ 1 prompt + 10 completion tokens
+    with pytest.raises(BudgetExceeded, match="max_cost"):
+        llm.complete_many([f"item {i}" for i in range(8)], max_tokens=10)
+    assert len(server.requests) == 0 and llm.accounting.calls == 0
+
+
+def test_concurrent_calls_reserve_the_budget_before_sending(server):
+    release = threading.Event()
+    server.responder = hang_after(0, release)
+    threading.Timer(1.0, release.set).start()  # every request waits until the others had a chance to start
+    llm = make_client(server.url, max_cost=0.025, concurrency=8)  # each call reserves ~$0.012
+    with pytest.raises(BudgetExceeded):
+        llm.complete_many([f"item {i}" for i in range(8)], max_tokens=10)
+    assert len(server.requests) == 2 and llm.accounting.cost_usd <= 0.025
+
+
+def test_a_corrupt_cache_file_is_named_with_what_to_do(tmp_path):
+    path = tmp_path / "llm-cache.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ZsclipError) as info:
+        LLMCache(path)
+    message = str(info.value)
+    assert str(path) in message and "not a readable SQLite" in message and f"rm -f {path}" in message
+
+
+def test_progress_shows_requests_in_flight_and_waiting(server, monkeypatch):
+    import contextlib
+
+    import zsclip.llm as llm_module
+
+    statuses: list[str] = []
+
+    @contextlib.contextmanager
+    def recording_bar(description: str, total: int):
+        def advance(n: int, status: str | None = None) -> None:
+            if status:
+                statuses.append(status)
+        yield advance
+
+    monkeypatch.setattr(llm_module, "progress_bar", recording_bar)
+    make_client(server.url, concurrency=2).complete_many([f"p{i}" for i in range(5)])
+    assert any("in flight" in s and "waiting" in s for s in statuses)
+    assert statuses[-1].startswith("0 in flight")
+
+
+def test_timeout_and_retry_count_are_options(server):
+    release = threading.Event()
+    server.responder = hang_after(0, release)
+    try:
+        llm = make_client(server.url, timeout=0.2, retry=RetryPolicy(max_retries=1, backoff_base=0.001))
+        with pytest.raises(LLMError, match=r"failed 2 times; last: no reply within the 0.2 s timeout"):
+            llm.complete("hi")
+    finally:
+        release.set()
+    assert len(server.requests) == 2

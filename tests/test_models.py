@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -79,3 +83,83 @@ def test_bad_names_and_tags():
 def test_truncated_texts_are_reported(tiny_encoder):
     long = "a bird " + "with many feathers " * 40
     assert tiny_encoder.truncated(["a short text", long]) == [long]
+
+
+@pytest.fixture()
+def refusing_endpoint(monkeypatch):
+    """A hub endpoint on loopback that refuses connections (a bound socket that does not listen), downloads
+    allowed, and a count of the TCP connections attempted."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("ZSCLIP_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    attempts: list[tuple] = []
+    real = socket.create_connection
+
+    def counting(address, *args, **kwargs):
+        attempts.append(address)
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", counting)
+    try:
+        yield endpoint, attempts
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("name, pretrained", [("ViT-B-32", "openai"), ("hf-hub:zsclip/absent", None)])
+def test_an_unreachable_hub_is_one_connection_attempt_and_one_clear_error(refusing_endpoint, tmp_path, caplog,
+                                                                          capfd, name, pretrained):
+    endpoint, attempts = refusing_endpoint
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_weights(name, pretrained)
+    message = str(info.value)
+    assert endpoint in message and "cannot be reached" in message
+    assert str(tmp_path) in message or os.environ["HF_HUB_CACHE"] in message  # where it looked
+    assert len(attempts) == 1  # one short connection check, no retries
+    assert not [r for r in caplog.records if "retr" in r.getMessage().lower()]
+    assert "retr" not in capfd.readouterr().err.lower()
+    tried = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "zsclip.models"]
+    assert len(tried) == 1 and endpoint in tried[0]  # one line says what is being tried
+
+
+@pytest.fixture(scope="module")
+def other_architecture_checkpoint(tmp_path_factory):
+    """A checkpoint of a tiny architecture that differs from the test's (another embedding width)."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("other-arch")
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 16, "head_width": 8,
+                                           "patch_size": 8},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    (root / "zsclip-tiny-other.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(root)
+    torch.manual_seed(1)
+    model = open_clip.create_model("zsclip-tiny-other")
+    path = root / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def test_a_checkpoint_of_another_architecture_is_one_clear_line(tiny_model, other_architecture_checkpoint):
+    with pytest.raises(ZsclipError) as info:
+        load_model(tiny_model["name"], str(other_architecture_checkpoint), device="cpu")
+    message = str(info.value)
+    assert str(other_architecture_checkpoint) in message and f"the {tiny_model['name']} architecture" in message
+    assert "of other shapes" in message and "\n" not in message and len(message) < 800
+
+
+def test_a_truncated_safetensors_file_is_named(tiny_model, tmp_path):
+    data = tiny_model["checkpoint"].read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ZsclipError) as info:
+        load_model(tiny_model["name"], str(cut), device="cpu")
+    assert str(cut) in str(info.value) and "truncated or corrupt" in str(info.value)

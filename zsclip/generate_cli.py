@@ -27,7 +27,7 @@ from .generate import (
     write_descriptor_file,
     write_synonym_file,
 )
-from .paths import resource_dir
+from .paths import cache_root
 
 if TYPE_CHECKING:
     from .datasets import Dataset
@@ -48,7 +48,8 @@ LLMOpt = Annotated[str | None, typer.Option(
 BaseUrlOpt = Annotated[str | None, typer.Option(
     "--base-url", help="Chat-completions server, usually ending in /v1 (default: $ZSCLIP_LLM_BASE_URL, "
     "else $OPENAI_BASE_URL, else OpenAI).")]
-OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: under prompts/).")]
+OutputOpt = Annotated[Path | None, typer.Option(
+    "--output", "-o", help="File to write (default: under $ZSCLIP_HOME/generated/<dataset>/; the path is printed).")]
 MaxCallsOpt = Annotated[int | None, typer.Option("--max-calls", help="Stop before making more LLM calls than this.")]
 MaxCostOpt = Annotated[float | None, typer.Option(
     "--max-cost", help="Stop before the estimated cost passes this many USD (prompts/llm_prices.json).")]
@@ -62,6 +63,9 @@ ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="CLIP model for the zero-shot run (contrastive confusions, synonym filter); "
     "default: the dataset card's, else ViT-B-32.")]
 PretrainedOpt = Annotated[str | None, typer.Option("--pretrained", help="CLIP weights tag or checkpoint file.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for each LLM reply.")]
+RetriesOpt = Annotated[int, typer.Option(
+    "--retries", help="How often a failed request (rate limit, server error, timeout) is tried again.")]
 
 
 def _file_part(model: str) -> str:
@@ -70,10 +74,14 @@ def _file_part(model: str) -> str:
 
 
 def default_output(dataset: str, kind: str, model: str) -> Path:
-    """``prompts/<dataset>/descriptors_<style>_<model>.json`` or ``prompts/<dataset>/synonyms_<model>.json``."""
+    """``$ZSCLIP_HOME/generated/<dataset>/descriptors_<style>_<model>.json`` (or ``synonyms_<model>.json``).
+
+    Under the user's cache root, never in the package's ``prompts/`` folder: the files shipped with zsclip
+    are read-only to it (a generated file must not replace the dataset card's CuPL or synonym file).
+    """
     stem = "synonyms" if kind == "synonyms" else f"descriptors_{kind}"
     name = f"{stem}_{_file_part(model)}.json"
-    return resource_dir("prompts") / dataset / name
+    return cache_root() / "generated" / dataset / name
 
 
 def dataset_domain(dataset: Dataset) -> str:
@@ -83,10 +91,18 @@ def dataset_domain(dataset: Dataset) -> str:
 
 
 def _client(llm: str | None, base_url: str | None, max_calls: int | None, max_cost: float | None,
-            refresh: bool) -> LLMClient:
-    from .llm import LLMClient
+            refresh: bool, timeout: float, retries: int) -> LLMClient:
+    """The LLM client of a command; says at once which server it asks and where replies are cached."""
+    from .llm import LLMClient, RetryPolicy
 
-    return LLMClient(llm, base_url=base_url, max_calls=max_calls, max_cost=max_cost, refresh=refresh)
+    if retries < 0:
+        raise ZsclipError(f"--retries must be 0 or more, got {retries}")
+    client = LLMClient(llm, base_url=base_url, max_calls=max_calls, max_cost=max_cost, refresh=refresh,
+                       timeout=timeout, retry=RetryPolicy(max_retries=retries))
+    cache = f", replies cached in {client.cache.path}" if client.cache is not None else ""
+    err.print(f"LLM {client.model} at {client.server} (timeout {timeout:g} s, {retries} retries{cache})",
+              highlight=False, markup=False)
+    return client
 
 
 def _report(result: GenerationResult, path: Path, what: str, accounting_line: str) -> None:
@@ -122,6 +138,8 @@ def describe(
         "--confusions", help="contrastive: how many most-confused classes each prompt names.")] = 3,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
+    timeout: TimeoutOpt = 120.0,
+    retries: RetriesOpt = 6,
 ) -> None:
     """Generate descriptors for every class of a dataset with an LLM and write them as CbD JSON + provenance."""
     from .datasets import get_dataset
@@ -129,7 +147,7 @@ def describe(
     def go() -> None:
         ds = get_dataset(dataset, dataset_root)
         style = prompt_style.value
-        with _client(llm, base_url, max_calls, max_cost, refresh) as client:
+        with _client(llm, base_url, max_calls, max_cost, refresh, timeout, retries) as client:
             confused = None
             if style == "contrastive":
                 from .pipeline import zero_shot_confusions
@@ -165,13 +183,15 @@ def synonyms(
         "--filter", help="Keep a synonym only if CLIP classifies 'a photo of a {synonym}' as its own class.")] = False,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
+    timeout: TimeoutOpt = 120.0,
+    retries: RetriesOpt = 6,
 ) -> None:
     """Ask an LLM for the common names of every class (REAL) and write them in REAL's synonym format."""
     from .datasets import get_dataset
 
     def go() -> None:
         ds = get_dataset(dataset, dataset_root)
-        with _client(llm, base_url, max_calls, max_cost, refresh) as client:
+        with _client(llm, base_url, max_calls, max_cost, refresh, timeout, retries) as client:
             result = generate_synonyms(ds.classnames, client, domain=dataset_domain(ds), temperature=temperature,
                                        seed=seed, prompt_file=prompt_file)
             line = client.accounting.summary()

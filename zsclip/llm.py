@@ -5,6 +5,14 @@ to OpenAI and to local servers (vLLM, llama.cpp, Ollama). Model, base URL and ke
 the environment (``ZSCLIP_LLM_MODEL``, ``ZSCLIP_LLM_BASE_URL``, ``ZSCLIP_LLM_API_KEY``, falling back to
 ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``).
 
+A client says once which server it contacts (INFO), and each retry as one WARNING line. A server that
+refuses the connection before it ever answered this client is reported at once: retries are for flaky
+servers, not for absent ones. Replies larger than ``max_reply_bytes`` are errors for their request (never
+cached); the token usage a server reports is checked and clamped (it decides the cost); with ``max_cost``
+each request reserves its estimated cost before it is sent, so concurrent requests cannot overrun the
+budget. Ctrl-C during ``complete_many`` stops at once: no request is sent after it, the replies that
+arrived are in the cache, and the requests in flight are abandoned.
+
 Every reply is kept in a SQLite cache (``CACHE/llm-cache.sqlite``, WAL mode, safe for concurrent writers)
 keyed by a hash of the model, the messages, the sampling parameters and a sample index, so a repeated job
 makes no calls and runs with the server unreachable; an interrupted or budget-stopped job resumes where it
@@ -18,15 +26,18 @@ stopped. The API key and the server address are never stored.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import importlib
 import json
 import logging
+import math
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
@@ -55,6 +66,12 @@ ITEM_STATUSES = frozenset({400, 413, 422})
 #: Sampling parameters compared as floats in the cache key, so ``temperature=0`` and ``0.0`` are one request.
 _FLOAT_PARAMS = frozenset({"temperature", "top_p", "presence_penalty", "frequency_penalty"})
 _CACHE_FORMAT = 1
+#: the largest reply accepted by default (a chat completion is a few kB; 1 MB is already absurd)
+DEFAULT_MAX_REPLY_BYTES = 1_000_000
+#: completion tokens assumed for a request without ``max_tokens`` before any reply was seen (budget estimate)
+DEFAULT_COMPLETION_ESTIMATE = 256
+#: no request is billed more tokens than this, whatever the server says
+MAX_TOKENS_PER_REQUEST = 1_000_000
 
 
 class LLMError(ZsclipError):
@@ -73,6 +90,10 @@ class LLMParseError(LLMError):
     def __init__(self, message: str, *, text: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.text = text
+
+
+class ReplyTooLarge(LLMError):
+    """A reply passed the client's ``max_reply_bytes``: an error for that request, never a cache entry."""
 
 
 class BudgetExceeded(ZsclipError):
@@ -267,14 +288,28 @@ class LLMCache:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else cache_root() / "llm-cache.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite_connection(self.path) as db:
+        with self._db() as db:
             db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
                        "request TEXT NOT NULL, text TEXT NOT NULL, finish_reason TEXT, "
                        "prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, created REAL NOT NULL)")
 
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection to the cache file; SQLite's errors become ``ZsclipError`` s naming the file."""
+        try:
+            with sqlite_connection(self.path) as db:
+                yield db
+        except sqlite3.OperationalError as exc:  # locked for too long, read-only, disk full
+            raise ZsclipError(f"cannot use the LLM reply cache {self.path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
+            files = " ".join(str(self.path) + suffix for suffix in ("", "-wal", "-shm"))
+            raise ZsclipError(f"the LLM reply cache {self.path} is not a readable SQLite database ({exc}). Delete "
+                              f"it to start an empty cache (`rm -f {files}`); the replies it held will be asked "
+                              "for again") from None
+
     def get(self, key: str) -> Completion | None:
         """The stored reply for ``key`` (marked ``cached``), or ``None``."""
-        with sqlite_connection(self.path) as db:
+        with self._db() as db:
             row = db.execute("SELECT model, request, text, finish_reason, prompt_tokens, completion_tokens "
                              "FROM replies WHERE key = ?", (key,)).fetchone()
         if row is None:
@@ -286,13 +321,13 @@ class LLMCache:
 
     def put(self, key: str, request: Mapping[str, Any], reply: Completion) -> None:
         """Store (or replace, after a refresh) the reply to ``request``."""
-        with sqlite_connection(self.path) as db:
+        with self._db() as db:
             db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (key, reply.model, json.dumps(request, ensure_ascii=False, sort_keys=True), reply.text,
                         reply.finish_reason, reply.prompt_tokens, reply.completion_tokens, time.time()))
 
     def __len__(self) -> int:
-        with sqlite_connection(self.path) as db:
+        with self._db() as db:
             return int(db.execute("SELECT COUNT(*) FROM replies").fetchone()[0])
 
 
@@ -338,6 +373,65 @@ class _MalformedReply(Exception):
     """The server answered 200 with something that is not a chat completion."""
 
 
+class _TooLarge(Exception):
+    """Raised from inside the HTTP client when a reply passes the size cap (``size`` bytes seen so far)."""
+
+    def __init__(self, size: int, announced: bool) -> None:
+        super().__init__(f"{size} bytes")
+        self.size = size
+        self.announced = announced
+
+
+@functools.cache
+def _capped_stream_class(httpx_module: str) -> type:
+    """A response body stream of the HTTP library ``openai`` is built on (``httpx`` or ``httpx2``) that raises
+    ``_TooLarge`` once more than ``limit`` bytes arrived."""
+    httpx = importlib.import_module(httpx_module)
+
+    class CappedStream(httpx.SyncByteStream):  # type: ignore[name-defined,misc]
+        def __init__(self, inner: Any, limit: int) -> None:
+            self.inner = inner
+            self.limit = limit
+
+        def __iter__(self) -> Iterator[bytes]:
+            size = 0
+            for chunk in self.inner:
+                size += len(chunk)
+                if size > self.limit:
+                    raise _TooLarge(size, announced=False)
+                yield chunk
+
+        def close(self) -> None:
+            self.inner.close()
+
+    return CappedStream
+
+
+def _size_cap(limit: int) -> Callable[[Any], None]:
+    """An HTTP response hook that refuses a body over ``limit`` bytes: at once when ``Content-Length`` says
+    so, else while the body is read. It runs before the body is read, so a huge reply is never held."""
+
+    def hook(response: Any) -> None:
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise _TooLarge(int(length), announced=True)
+        response.stream = _capped_stream_class(type(response).__module__.partition(".")[0])(response.stream, limit)
+
+    return hook
+
+
+def _prompt_estimate(messages: Sequence[Mapping[str, Any]]) -> int:
+    """Prompt tokens of ``messages`` by the usual rule of thumb (4 characters a token), for budget estimates."""
+    return math.ceil(sum(len(str(m.get("content", ""))) for m in messages) / 4)
+
+
+def _usage_count(value: Any, bound: int) -> int | None:
+    """A token count reported by the server, clamped to ``[0, bound]``; ``None`` when it is not a count."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return min(value, bound)
+
+
 # ----------------------------------------------------------------------------------------------- client
 
 
@@ -349,14 +443,18 @@ class LLMClient:
     price table) bound the calls this client makes: the call that would pass them raises
     ``BudgetExceeded`` instead of being made. ``prices`` is a price-table path or a ``{model: Price}``
     mapping (default: ``default_prices_path()``). ``concurrency`` is the number of requests
-    ``complete_many`` keeps in flight.
+    ``complete_many`` keeps in flight. ``timeout`` (seconds) bounds each request, ``retry`` says how often
+    and how patiently a failed one is tried again. A reply over ``max_reply_bytes`` is an error for its
+    request. ``completion_estimate`` is the number of completion tokens the budget assumes for a request
+    without ``max_tokens`` until replies show the real length.
     """
 
     def __init__(self, model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
                  timeout: float = 120.0, retry: RetryPolicy | None = None, concurrency: int = 4,
                  cache: bool | str | Path = True, refresh: bool = False, max_calls: int | None = None,
                  max_cost: float | None = None, prices: str | Path | Mapping[str, Price] | None = None,
-                 accounting: Accounting | None = None) -> None:
+                 accounting: Accounting | None = None, max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+                 completion_estimate: int = DEFAULT_COMPLETION_ESTIMATE) -> None:
         import openai
 
         self.model = model or os.environ.get(ENV_MODEL) or ""
@@ -366,6 +464,14 @@ class LLMClient:
         api_key = api_key or os.environ.get(ENV_API_KEY) or os.environ.get("OPENAI_API_KEY") or NO_KEY
         if concurrency < 1:
             raise ZsclipError(f"LLM concurrency must be at least 1, got {concurrency}")
+        if not timeout > 0:
+            raise ZsclipError(f"the LLM timeout must be a positive number of seconds, got {timeout}")
+        if retry is not None and retry.max_retries < 0:
+            raise ZsclipError(f"the number of LLM retries must be 0 or more, got {retry.max_retries}")
+        if max_reply_bytes < 1:
+            raise ZsclipError(f"max_reply_bytes must be at least 1, got {max_reply_bytes}")
+        self.max_reply_bytes = max_reply_bytes
+        self.completion_estimate = completion_estimate
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.concurrency = concurrency
@@ -381,10 +487,18 @@ class LLMClient:
                 self.accounting.unpriced_models.add(self.model)
             if max_cost is not None:
                 logger.warning("no price for LLM model %s: max_cost=%s cannot stop this job", self.model, max_cost)
-        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+        http = openai.DefaultHttpxClient(timeout=timeout, headers={"Accept-Encoding": "identity"},  # cap = bytes
+                                         event_hooks={"response": [_size_cap(max_reply_bytes)]})
+        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0,
+                                     http_client=http)
         self.server = str(self._client.base_url).rstrip("/")
         self._budget_lock = threading.Lock()
-        self._in_flight = 0
+        self._in_flight = 0  # requests sent and not yet answered
+        self._retrying = 0  # requests waiting to be tried again
+        self._reserved = 0.0  # estimated USD of the requests in flight
+        self._contacted = False
+        self._reached = False  # has the server ever answered this client (with anything)?
+        self._job = threading.local()  # the worker's job cancel event (complete_many)
 
     def __repr__(self) -> str:
         return f"LLMClient(model={self.model!r}, server={self.server!r})"
@@ -456,55 +570,105 @@ class LLMClient:
                       max_parse_attempts: int = 3, **sampling: Any) -> list[LLMResult[T]]:
         """``ask`` each prompt, ``concurrency`` at a time; one ``LLMResult`` per prompt, in order.
 
-        An item whose replies never parse, or that the server refuses as a bad request (400/413/422), is
-        recorded as failed and the others go on. ``BudgetExceeded`` and errors of the server itself
-        (unreachable, retries exhausted, bad key) stop the job: no new item starts, the ones in flight
-        finish into the cache, and the error is raised, so running the job again resumes it.
+        An item whose replies never parse, whose reply is too large, or that the server refuses as a bad
+        request (400/413/422), is recorded as failed and the others go on. ``BudgetExceeded`` and errors of
+        the server itself (unreachable, retries exhausted, bad key) stop the job: no new item starts, the
+        ones in flight finish into the cache, and the error is raised, so running the job again resumes it.
+        ``KeyboardInterrupt`` (Ctrl-C) stops it at once: nothing more is sent, not even a retry, the requests
+        in flight are abandoned (the worker threads are daemons, so the process can exit), and the
+        interrupt is raised again after one line saying what was kept.
         """
         results: list[LLMResult[T] | None] = [None] * len(prompts)
-        stop = threading.Event()
+        errors: list[BaseException] = []
+        stop, cancel = threading.Event(), threading.Event()
+        state = {"next": 0, "done": 0, "workers": min(self.concurrency, len(prompts))}
+        changed = threading.Condition()
 
         def run(i: int) -> None:
-            if stop.is_set():
-                return
             try:
                 value, attempts = self._ask(prompts[i], parse, max_parse_attempts, sampling)
             except LLMParseError as exc:
                 results[i] = LLMResult(error=str(exc), text=exc.text, attempts=max_parse_attempts)
             except LLMError as exc:
-                if exc.status not in ITEM_STATUSES:
-                    stop.set()
+                if exc.status not in ITEM_STATUSES and not isinstance(exc, ReplyTooLarge):
                     raise
                 results[i] = LLMResult(error=str(exc), attempts=1)
-            except BaseException:
-                stop.set()
-                raise
             else:
                 results[i] = LLMResult(value=value, attempts=attempts)
                 return
             self.accounting._add(failures=1)
             logger.warning("LLM item %d failed: %s", i, results[i].error)
 
-        with progress_bar(f"LLM {self.model}", total=len(prompts)) as advance, \
-                ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="zsclip-llm") as pool:
-            futures = [pool.submit(run, i) for i in range(len(prompts))]
-            for future in futures:
-                future.add_done_callback(lambda _: advance(1))
-            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in pending:
-                future.cancel()
+        def worker() -> None:
+            self._job.cancel = cancel
+            try:
+                while True:
+                    with changed:
+                        if stop.is_set() or state["next"] >= len(prompts):
+                            return
+                        i = state["next"]
+                        state["next"] += 1
+                    try:
+                        run(i)
+                    except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                        with changed:
+                            errors.append(exc)
+                        stop.set()
+                    finally:
+                        with changed:
+                            state["done"] += 1
+                            changed.notify_all()
+            finally:
+                with changed:
+                    state["workers"] -= 1
+                    changed.notify_all()
+
+        def status() -> str:
+            waiting = len(prompts) - state["next"] if not stop.is_set() else 0
+            return f"{self._in_flight} in flight, {waiting + self._retrying} waiting"
+
+        with progress_bar(f"LLM {self.model}", total=len(prompts)) as advance:
+            for _ in range(state["workers"]):
+                threading.Thread(target=worker, daemon=True, name="zsclip-llm").start()
+            shown = 0
+            try:
+                with changed:
+                    while state["workers"]:
+                        changed.wait(timeout=0.5)
+                        advance(state["done"] - shown, status=status())
+                        shown = state["done"]
+            except KeyboardInterrupt:
+                cancel.set()
+                stop.set()
+                finished = sum(r is not None for r in results)
+                logger.warning("LLM job interrupted: %d of %d requests had finished (their replies are cached: run "
+                               "the job again to resume); %d in flight abandoned, nothing more is sent",
+                               finished, len(prompts), self._in_flight)
+                raise
+            advance(state["done"] - shown, status=status())
         logger.info(self.accounting.summary())
-        for future in futures:
-            error = None if future.cancelled() else future.exception()
-            if error is not None:
-                raise error
+        if errors:
+            raise errors[0]
         return cast(list[LLMResult[T]], results)  # every item ran: a stop always comes with an error
 
     # -- the HTTP call with retries and budget ----------------------------------------------------------
 
+    def _estimate(self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> float:
+        """The cost in USD a request is expected to have, reserved against ``max_cost`` before it is sent:
+        its prompt by length, its completion ``max_tokens`` long, else as long as the replies so far were
+        on average, else ``completion_estimate``."""
+        if self.price is None:
+            return 0.0
+        acc = self.accounting
+        completion = params.get("max_tokens")
+        if not isinstance(completion, int) or completion < 0:
+            completion = round(acc.completion_tokens / acc.calls) if acc.calls else self.completion_estimate
+        return self.price.cost(_prompt_estimate(messages), completion)
+
     @contextlib.contextmanager
-    def _call_slot(self) -> Iterator[None]:
-        """Hold one in-flight call against the budget; raise ``BudgetExceeded`` if it would pass it."""
+    def _call_slot(self, estimate: float) -> Iterator[None]:
+        """Hold one in-flight call and its estimated cost against the budget; ``BudgetExceeded`` if it would
+        pass it."""
         acc = self.accounting
         with self._budget_lock:
             if self.max_calls is not None and acc.calls + self._in_flight >= self.max_calls:
@@ -512,32 +676,48 @@ class LLMClient:
                 raise BudgetExceeded(f"LLM budget reached: max_calls={self.max_calls}, {acc.calls} calls made"
                                      f"{in_flight} ({acc.summary()}); the answers so far are cached: run the job "
                                      "again, with a larger budget, to resume")
-            if self.max_cost is not None and acc.calls:
-                projected = acc.cost_usd + acc.cost_usd / acc.calls * (self._in_flight + 1)
+            if self.max_cost is not None:
+                projected = acc.cost_usd + self._reserved + estimate
                 if projected > self.max_cost:
-                    raise BudgetExceeded(f"LLM budget reached: the next call would bring the estimated cost to "
-                                         f"${projected:.4f}, over max_cost=${self.max_cost} ({acc.summary()}); "
-                                         "the answers so far are cached: run the job again to resume")
+                    reserved = f" with ${self._reserved:.4f} reserved by calls in flight" if self._reserved else ""
+                    raise BudgetExceeded(f"LLM budget reached: the next call (est. ${estimate:.4f}) would bring the "
+                                         f"estimated cost to ${projected:.4f}{reserved}, over max_cost="
+                                         f"${self.max_cost} ({acc.summary()}); the answers so far are cached: run "
+                                         "the job again to resume")
             self._in_flight += 1
+            self._reserved += estimate
         try:
             yield
         finally:
             with self._budget_lock:
                 self._in_flight -= 1
+                self._reserved = max(0.0, self._reserved - estimate)
+
+    def _cancelled(self) -> bool:
+        cancel = getattr(self._job, "cancel", None)
+        return cancel is not None and cancel.is_set()
 
     def _call(self, messages: list[dict[str, Any]], params: Mapping[str, Any], sample: int) -> Completion:
         """One completion from the server, retried on rate limits, server errors, timeouts, broken replies."""
         import openai
 
+        if not self._contacted:
+            self._contacted = True
+            logger.info("contacting LLM server %s (model %s)", self.server, self.model)
         last, status = "", None
         attempts = self.retry.max_retries + 1
+        estimate = self._estimate(messages, params)
         for attempt in range(attempts):
+            if self._cancelled():
+                raise KeyboardInterrupt
             retry_after = None
-            with self._call_slot():
+            with self._call_slot(estimate):
                 try:
                     response = self._client.chat.completions.create(model=self.model, messages=messages, **params)
-                    reply = self._read(response, sample)
+                    self._reached = True
+                    reply = self._read(response, sample, messages, params)
                 except openai.APIStatusError as exc:
+                    self._reached = True
                     status = exc.status_code
                     last = f"HTTP {status}: {exc.message.removeprefix(f'Error code: {status} - ')}"
                     if status not in RETRYABLE_STATUSES:
@@ -545,11 +725,23 @@ class LLMClient:
                                        f"{last}{_hint(status)}", server=self.server, model=self.model,
                                        status=status) from None
                     retry_after = _retry_after(exc.response.headers)
-                except openai.APITimeoutError:
+                except _TooLarge as exc:
+                    self._reached = True
+                    raise ReplyTooLarge(
+                        f"LLM server {self.server} (model {self.model}) sent a reply larger than the "
+                        f"{self.max_reply_bytes:,}-byte cap ({'announced ' if exc.announced else 'over '}"
+                        f"{exc.size:,} bytes); it is not kept. Raise max_reply_bytes if such replies are expected",
+                        server=self.server, model=self.model) from None
+                except openai.APITimeoutError as exc:
                     status, last = None, f"no reply within the {self.timeout:g} s timeout"
+                    if not self._reached and type(exc.__cause__).__name__ == "ConnectTimeout":
+                        raise self._unreachable(f"connection error (no connection within {self.timeout:g} s)") from None
                 except openai.APIConnectionError as exc:
                     status, last = None, f"connection error ({exc.__cause__ or exc})"
+                    if not self._reached and type(exc.__cause__).__name__ == "ConnectError":  # not a cut reply
+                        raise self._unreachable(last) from None
                 except (openai.APIResponseValidationError, json.JSONDecodeError, _MalformedReply) as exc:
+                    self._reached = True
                     status, last = 200, f"malformed reply ({exc})"
                 else:
                     cost = self.price.cost(reply.prompt_tokens, reply.completion_tokens) if self.price else 0.0
@@ -559,15 +751,37 @@ class LLMClient:
             if attempt + 1 == attempts:
                 break
             delay = self.retry.delay(attempt, retry_after)
-            logger.info("LLM server %s: %s; retry %d of %d in %.2f s", self.server, last, attempt + 1,
-                        self.retry.max_retries, delay)
+            logger.warning("LLM server %s: %s; retry %d of %d in %.2f s", self.server, last, attempt + 1,
+                           self.retry.max_retries, delay)
             self.accounting._add(retries=1, waited_s=delay)
-            time.sleep(delay)
+            with self._budget_lock:
+                self._retrying += 1
+            try:
+                cancel = getattr(self._job, "cancel", None)
+                if cancel is not None:
+                    cancel.wait(delay)
+                else:
+                    time.sleep(delay)
+            finally:
+                with self._budget_lock:
+                    self._retrying -= 1
         raise LLMError(f"LLM server {self.server} (model {self.model}) failed {attempts} times; last: {last}",
                        server=self.server, model=self.model, status=status)
 
-    def _read(self, response: Any, sample: int) -> Completion:
-        """The ``Completion`` in a chat-completions response, or ``_MalformedReply``."""
+    def _unreachable(self, problem: str) -> LLMError:
+        """The error for a server that could not be connected to and has never answered this client."""
+        return LLMError(f"LLM server {self.server} (model {self.model}) is not reachable: {problem}. Is it running, "
+                        f"and is the address right (--base-url, {ENV_BASE_URL})? Not retried: the server has not "
+                        "answered once", server=self.server, model=self.model)
+
+    def _read(self, response: Any, sample: int, messages: Sequence[Mapping[str, Any]],
+              params: Mapping[str, Any]) -> Completion:
+        """The ``Completion`` in a chat-completions response, or ``_MalformedReply`` / ``_TooLarge``.
+
+        The token usage is the server's word, checked: a count that is not a non-negative integer is
+        replaced by an estimate from the text's length, and no count passes what the request could have
+        used (the prompt's UTF-8 bytes plus chat overhead; ``max_tokens``; ``MAX_TOKENS_PER_REQUEST``).
+        """
         choices = getattr(response, "choices", None)
         if not choices:
             raise _MalformedReply(f"no choices in {str(response)[:200]!r}")
@@ -575,11 +789,25 @@ class LLMClient:
         text = getattr(message, "content", None)
         if not isinstance(text, str):
             raise _MalformedReply(f"no message text in choice {str(choices[0])[:200]!r}")
+        if len(text.encode("utf-8")) > self.max_reply_bytes:  # a compressed reply passes the byte cap on the wire
+            raise _TooLarge(len(text.encode("utf-8")), announced=False)
         usage = getattr(response, "usage", None)
+        prompt_bound = sum(len(str(m.get("content", "")).encode("utf-8")) + 16 for m in messages) + 64
+        max_tokens = params.get("max_tokens")
+        completion_bound = max_tokens if isinstance(max_tokens, int) and max_tokens >= 0 else MAX_TOKENS_PER_REQUEST
+        reported = (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+        prompt_tokens = _usage_count(reported[0], prompt_bound)
+        completion_tokens = _usage_count(reported[1], completion_bound)
+        if (prompt_tokens, completion_tokens) != reported and reported != (None, None):
+            logger.warning("LLM server %s reported token usage %r, not believed: counted %s", self.server,
+                           reported, "as estimated from the texts' length where it was not a count, and clamped")
+        if prompt_tokens is None:
+            prompt_tokens = _prompt_estimate(messages)
+        if completion_tokens is None:
+            completion_tokens = min(math.ceil(len(text) / 4), completion_bound)
         return Completion(text=text, model=self.model, sample=sample,
                           finish_reason=getattr(choices[0], "finish_reason", None),
-                          prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                          completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
+                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
 
 def _hint(status: int) -> str:

@@ -12,6 +12,10 @@ A model is named the way open_clip names it:
 zsclip always resolves the weights to a file on this machine before it builds the model, so a missing
 file gives one clear ``WeightsNotFoundError`` (where it looked, how to get it) instead of a network hang
 or a randomly initialised model. ``HF_HUB_OFFLINE=1`` (or ``ZSCLIP_OFFLINE=1``) forbids any download.
+Before downloading, one warning line says what is tried and one short connection check (2 s) tells an
+unreachable hub at once, instead of the hub library's minute of retries; the library's retry chatter is
+silenced during downloads. A weights file that is truncated, or that belongs to another architecture, is
+one clear error naming the file and the architecture expected.
 
 The fingerprint of a loaded model (architecture config + SHA-256 of the weights + preprocessing) keys
 every cache: image stores and the text-embedding cache refuse to mix embeddings of different fingerprints.
@@ -19,12 +23,16 @@ every cache: image stores and the text-embedding cache refuse to mix embeddings 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
+import socket
+import urllib.request
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +58,8 @@ WEIGHT_FILE_NAMES = (
 )
 #: short names for models that ship with zsclip
 _BUILTIN_DIRS = {"toyworld": Path(__file__).resolve().parent / "world" / "model"}
+#: seconds the connection check before a download waits
+CONNECT_CHECK_TIMEOUT = 2.0
 
 
 def _offline() -> bool:
@@ -69,6 +79,44 @@ def _hf_cache_dir() -> Path:
 
 def _clip_url_cache_dir() -> Path:
     return Path.home() / ".cache" / "clip"
+
+
+def _hub_endpoint() -> str:
+    """The Hugging Face hub address downloads go to: ``$HF_ENDPOINT``, else the library's default."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def unreachable(url: str, timeout: float = CONNECT_CHECK_TIMEOUT) -> str | None:
+    """Why the server of ``url`` cannot be reached, from one TCP connection attempt (to the proxy when one
+    is configured for it), or ``None`` when it accepts the connection."""
+    from urllib.parse import urlsplit
+
+    target = urlsplit(url)
+    proxy = None if urllib.request.proxy_bypass(target.hostname or "") else urllib.request.getproxies().get(
+        target.scheme)
+    if proxy:
+        target = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host, port = target.hostname or "", target.port or (443 if target.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        where = f"proxy {host}:{port}" if proxy else f"{host}:{port}"
+        return f"{where}: {exc.strerror or exc}"
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Silence the Hugging Face library's per-retry warnings; zsclip reports the outcome itself."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
 
 
 @dataclass(frozen=True)
@@ -115,10 +163,21 @@ def _hf_file(repo: str, filenames: Sequence[str], name: str, pretrained: str | N
             f"weights for {name}{' / ' + pretrained if pretrained else ''} are not on this machine: looked in "
             f"{looked}; downloads are off (HF_HUB_OFFLINE/ZSCLIP_OFFLINE is set). " + _how_to_get(name, pretrained)
         )
+    endpoint = _hub_endpoint()
+    log.warning("weights for %s are not in %s: trying to download them from %s (repository %s)",
+                name + (" / " + pretrained if pretrained else ""), cache, endpoint, repo)
+    problem = unreachable(endpoint)
+    if problem:
+        raise WeightsNotFoundError(
+            f"weights for {name}{' / ' + pretrained if pretrained else ''} are not on this machine (looked in "
+            f"{looked}) and the Hugging Face hub at {endpoint} cannot be reached ({problem}). "
+            + _how_to_get(name, pretrained)
+        )
     errors = []
     for fname in filenames:
         try:
-            return Path(hf_hub_download(repo_id=repo, filename=fname, cache_dir=str(cache)))
+            with _quiet_hub():
+                return Path(hf_hub_download(repo_id=repo, filename=fname, cache_dir=str(cache), endpoint=endpoint))
         except Exception as exc:  # any network or hub failure is reported below, with the others
             errors.append(f"{fname}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     raise WeightsNotFoundError(
@@ -189,6 +248,14 @@ def resolve_weights(name: str, pretrained: str | None = None) -> ResolvedWeights
                 raise WeightsNotFoundError(
                     f"weights for {clean} / {pretrained} are not on this machine: looked for {target}. "
                     + _how_to_get(clean, pretrained)
+                )
+            log.warning("weights for %s / %s are not at %s: trying to download them from %s", clean, pretrained,
+                        target, url)
+            problem = unreachable(url)
+            if problem:
+                raise WeightsNotFoundError(
+                    f"weights for {clean} / {pretrained} are not at {target} and {url} cannot be reached "
+                    f"({problem}). " + _how_to_get(clean, pretrained)
                 )
             try:
                 target = Path(open_clip.download_pretrained_from_url(url, cache_dir=str(target.parent)))
@@ -345,17 +412,15 @@ def load_model(name: str = "ViT-B-32", pretrained: str | None = "openai", *, dev
                 kwargs[theirs] = cfg[ours]
         if cfg.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True
+    _check_readable(resolved.weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # QuickGELU notes are handled by force_quick_gelu
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 resolved.open_clip_name, device=device, **kwargs
             )
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise ZsclipError(
-                f"open_clip could not build {name} from {resolved.weights}: {exc}. Check that the weights "
-                "belong to this architecture."
-            ) from exc
+        except Exception as exc:  # open_clip fails in many ways (RuntimeError, AssertionError, ...): explain it
+            raise ZsclipError(_build_error(name, resolved, exc)) from exc
     model.eval()
     tokenizer = open_clip.get_tokenizer(resolved.open_clip_name)
     arch = open_clip.get_model_config(resolved.open_clip_name) or {}
@@ -372,6 +437,61 @@ def load_model(name: str = "ViT-B-32", pretrained: str | None = "openai", *, dev
     return Encoder(model, preprocess, tokenizer, name=name, pretrained=pretrained if not
                    resolved.open_clip_name.startswith(LOCAL_DIR) else None, fingerprint=fingerprint,
                    fingerprint_info=info, device=device, precision=precision)
+
+
+def _check_readable(weights: Path) -> None:
+    """Raise a clear error when a safetensors file's header does not cover the file (truncated or corrupt)."""
+    if weights.suffix != ".safetensors":
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except Exception as exc:
+        raise ZsclipError(f"weights file {weights} ({weights.stat().st_size:,} bytes) is not a readable safetensors "
+                          f"file ({exc}): it is truncated or corrupt; download or copy it again") from None
+
+
+def _mismatch(open_clip_name: str, weights: Path) -> str | None:
+    """How the tensors of ``weights`` differ from the architecture's ("2 missing (e.g. x), 3 of other shapes
+    (e.g. y)"), or ``None`` when they fit or cannot be compared."""
+    import open_clip
+    import torch
+    from open_clip.factory import load_state_dict
+
+    root = logging.getLogger()
+    no_random_init_note = logging.Filter("zsclip")  # drops open_clip's "initialized randomly" note (on root)
+    root.addFilter(no_random_init_note)
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            model = open_clip.create_model(open_clip_name, device="meta")
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in load_state_dict(str(weights)).items()}
+    except Exception:  # the comparison is a courtesy: the caller still reports the failure
+        return None
+    finally:
+        root.removeFilter(no_random_init_note)
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [k for k in expected if k in found and found[k] != expected[k]]
+    parts = [f"{len(keys)} {label} (e.g. {keys[0]})" for label, keys in
+             (("missing", missing), ("unexpected", unexpected), ("of other shapes", reshaped)) if keys]
+    return ", ".join(parts) + " tensors" if parts else None
+
+
+def _build_error(name: str, resolved: ResolvedWeights, exc: Exception) -> str:
+    """One line for a model open_clip could not build: the file, the architecture expected and what differs."""
+    arch = resolved.open_clip_name
+    if arch.startswith(LOCAL_DIR):
+        arch = f"{name} (described by {Path(arch[len(LOCAL_DIR):]) / 'open_clip_config.json'})"
+    mismatch = _mismatch(resolved.open_clip_name, resolved.weights)
+    if mismatch:
+        return (f"weights file {resolved.weights} does not fit the {arch} architecture: {mismatch}. It was saved "
+                "from another model: give that model's architecture as the model name, or the right weights file")
+    first = re.sub(r"\s+", " ", str(exc)).strip()[:300]
+    return (f"open_clip could not build {arch} from {resolved.weights} ({type(exc).__name__}: {first}); check that "
+            "the file is a complete checkpoint of this architecture")
 
 
 def list_models() -> list[dict[str, Any]]:

@@ -10,9 +10,9 @@ Answers are deterministic per (class, kind, prompt, request seed), so the genera
 their parsers can be tested end to end, and the methods that use generated descriptors can be checked
 against a known truth (``judge_descriptor``).
 
-    >>> server, url = serve(port=0, generic_rate=0.2, wrong_rate=0.1)   # a background thread
-    >>> LLMClient("oracle", base_url=url).complete("...")
-    >>> server.shutdown(); server.server_close()
+    >>> server = serve(port=0, generic_rate=0.2, wrong_rate=0.1)   # a background thread
+    >>> LLMClient("oracle", base_url=server.url).complete("...")
+    >>> server.stop()
 
 From the command line: ``zsclip world llm-serve --port 8000``.
 """
@@ -20,18 +20,17 @@ From the command line: ``zsclip world llm-serve --port 8000``.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+import os
 import random
 import re
-import threading
-import time
+import signal
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Annotated, Any
 
 import typer
 
+from ..chat_server import ChatServer, Refusal, Responder, message_text
 from .corpus import _STYLE_PHRASES
 from .spec import (
     _ATTRIBUTE_VALUES,
@@ -232,100 +231,35 @@ def judge_descriptor(species: Species, descriptor: str) -> str:
 
 # -- the chat-completions server ---------------------------------------------------------------------------
 
-def _message_text(content: Any) -> str:
-    """The text of a chat message's content: a string, or a list of parts with ``text``."""
-    if isinstance(content, list):
-        return "\n".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return str(content)
+def responder(oracle: Oracle) -> Responder:
+    """A ``zsclip.chat_server`` responder answering with ``oracle``: the user messages' text is the prompt,
+    the request's ``seed`` varies repeated samples; a request with a non-integer seed is refused (400)."""
 
-
-class OracleServer(ThreadingHTTPServer):
-    """A chat-completions server (``POST /v1/chat/completions``, ``GET /v1/models``) answering with ``oracle``."""
-
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], oracle: Oracle) -> None:
-        super().__init__(address, _OracleHandler)
-        self.oracle = oracle
-
-    @property
-    def url(self) -> str:
-        """The base URL to give a client (ending in ``/v1``)."""
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-
-class _OracleHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: OracleServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("oracle: " + format, *args)
-
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
-        body = json.dumps(payload).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _error(self, status: int, message: str) -> None:
-        self._send(status, {"error": {"message": message, "type": "invalid_request_error"}})
-
-    def do_GET(self) -> None:
-        if self.path.rstrip("/") != "/v1/models":
-            self._error(404, f"no route {self.path}")
-            return
-        self._send(200, {"object": "list", "data": [{"id": MODEL_NAME, "object": "model", "created": 0,
-                                                      "owned_by": "zsclip"}]})
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", 0))
-        raw = self.rfile.read(length)
-        if self.path.rstrip("/") != "/v1/chat/completions":
-            self._error(404, f"no route {self.path}")
-            return
+    def respond(body: dict[str, Any]) -> str:
+        prompt = "\n".join(message_text(m.get("content", "")) for m in body["messages"]
+                           if isinstance(m, dict) and m.get("role") == "user")
         try:
-            body = json.loads(raw or b"{}")
-            messages = body["messages"]
-            prompt = "\n".join(_message_text(m.get("content", "")) for m in messages if m.get("role") == "user")
             seed = int(body.get("seed") or 0)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            self._error(400, f"not a chat-completions request: {exc}")
-            return
-        text = self.server.oracle.answer(prompt, seed)
-        prompt_tokens = sum(len(_message_text(m.get("content", "")).split()) for m in messages)
-        completion_tokens = len(text.split())
-        self._send(200, {
-            "id": f"chatcmpl-oracle-{hashlib.blake2b(raw, digest_size=6).hexdigest()}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": str(body.get("model", MODEL_NAME)),
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        })
+        except (TypeError, ValueError):
+            raise Refusal(400, f"not a chat-completions request: seed {body.get('seed')!r} is not an integer") from None
+        return oracle.answer(prompt, seed)
+
+    return respond
 
 
 def make_server(host: str = "127.0.0.1", port: int = 0, seed: int = DEFAULT_SEED,
-                generic_rate: float = DEFAULT_GENERIC_RATE, wrong_rate: float = DEFAULT_WRONG_RATE) -> OracleServer:
+                generic_rate: float = DEFAULT_GENERIC_RATE, wrong_rate: float = DEFAULT_WRONG_RATE) -> ChatServer:
     """An oracle server for the world of ``seed``, bound to ``host:port`` (0: any free port), not yet serving."""
-    return OracleServer((host, port), Oracle(build_world(seed), generic_rate, wrong_rate))
+    oracle = Oracle(build_world(seed), generic_rate, wrong_rate)
+    return ChatServer(responder(oracle), host=host, port=port, models=[MODEL_NAME])
 
 
 def serve(host: str = "127.0.0.1", port: int = 0, seed: int = DEFAULT_SEED, *,
-          generic_rate: float = DEFAULT_GENERIC_RATE, wrong_rate: float = DEFAULT_WRONG_RATE
-          ) -> tuple[OracleServer, str]:
-    """Start an oracle server in a background (daemon) thread; returns the server and its base URL.
-
-    Stop it with ``server.shutdown(); server.server_close()``.
-    """
-    server = make_server(host, port, seed, generic_rate, wrong_rate)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
-                     name="zsclip-oracle").start()
+          generic_rate: float = DEFAULT_GENERIC_RATE, wrong_rate: float = DEFAULT_WRONG_RATE) -> ChatServer:
+    """Start an oracle server in a background (daemon) thread and return it (``server.url``, ``server.stop()``)."""
+    server = make_server(host, port, seed, generic_rate, wrong_rate).start()
     logger.info("oracle LLM stand-in serving on %s", server.url)
-    return server, server.url
+    return server
 
 
 def llm_serve(
@@ -336,21 +270,32 @@ def llm_serve(
     wrong_rate: Annotated[float, typer.Option(
         help="Share of answer items that are wrong (hallucinated).")] = DEFAULT_WRONG_RATE,
 ) -> None:
-    """Serve the toy world's oracle (a scripted LLM stand-in, not a model) on 127.0.0.1 until interrupted."""
+    """Serve the toy world's oracle (a scripted LLM stand-in, not a model) on 127.0.0.1 until stopped.
+
+    The first lines say where it listens, its process id and how to stop it (Ctrl-C, or ``kill PID`` when
+    it runs in the background with ``&``).
+    """
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(stderr=True, soft_wrap=True)
     try:
         server = make_server("127.0.0.1", port, seed, generic_rate, wrong_rate)
     except (OSError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
+    pid = os.getpid()
     console.print(f"oracle LLM stand-in (world seed {seed}, generic {generic_rate:g}, wrong {wrong_rate:g}) at "
-                  f"{server.url}\ntry: zsclip describe --dataset toyworld --llm {MODEL_NAME} --base-url {server.url}"
-                  "\nCtrl-C stops it", highlight=False)
+                  f"{server.url}, process id {pid}\n"
+                  f"try: zsclip describe --dataset toyworld --llm {MODEL_NAME} --base-url {server.url}\n"
+                  f"stop it with Ctrl-C, or from another shell: kill {pid}", highlight=False, markup=False)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops it as cleanly as Ctrl-C
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        console.print("stopped")
-    finally:
-        server.server_close()
+        console.print("stopped", highlight=False)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """Turn SIGTERM into ``KeyboardInterrupt``, so ``kill PID`` closes the server as Ctrl-C does."""
+    raise KeyboardInterrupt
