@@ -46,6 +46,7 @@ from zsclip.generate import (
 from zsclip.llm import LLMCache, LLMClient, RetryPolicy
 from zsclip.paths import cache_root, resource_dir
 from zsclip.prompts import match_descriptors, read_descriptor_file
+from zsclip.records import Record
 from zsclip.world import build_world
 from zsclip.world.oracle import UNKNOWN_REPLY, Oracle, judge_descriptor, responder, serve
 
@@ -100,11 +101,13 @@ def test_cbd_descriptors_follow_the_rates_and_are_written_with_provenance(oracle
     read = read_descriptor_file(path)
     assert list(read) == CLASSES and read == result.per_class
     assert match_descriptors(read, CLASSES) == [result.per_class[c] for c in CLASSES]
-    prov = json.loads(provenance_path(path).read_text())
-    assert prov["model"] == "oracle" and prov["base_url"] == oracle_url and prov["kind"] == "cbd"
-    assert prov["meta_prompt"]["sha256"] == hashlib.sha256(meta_prompt_path("cbd.txt").read_bytes()).hexdigest()
-    assert prov["counts"]["classes"] == len(CLASSES) and prov["counts"]["items"] == total
-    assert (prov["temperature"], prov["seed"], prov["failed_classes"]) == (0.0, 0, {})
+    prov = Record.read(provenance_path(path))  # the one record type: kind "generation"
+    assert prov.kind == "generation" and prov.model == {"name": "oracle", "server": oracle_url}
+    assert prov.method["name"] == "cbd"
+    params = prov.method["params"]
+    assert params["meta_prompt"]["sha256"] == hashlib.sha256(meta_prompt_path("cbd.txt").read_bytes()).hexdigest()
+    assert prov.counts["classes"] == len(CLASSES) and prov.counts["items"] == total
+    assert (params["temperature"], params["seed"], prov.results["failed_classes"]) == (0.0, 0, {})
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporary file
 
     with client(oracle_url) as llm:  # a second run is answered from the cache
@@ -186,7 +189,7 @@ def test_synonyms_from_the_oracle_cleaned_written_and_filtered(oracle_url, tmp_p
     assert all(list(e["alternates"]) == result.per_class[e["name"]] for e in data.values())
     assert all(v is None for e in data.values() for v in e["alternates"].values())
     assert all(e["most_common_name"] == e["name"] for e in data.values())
-    assert json.loads(provenance_path(path).read_text())["kind"] == "synonyms"
+    assert Record.read(provenance_path(path)).method["name"] == "synonyms"
 
     def classifier(texts: list[str]) -> list[int]:  # a perfect CLIP: true names go to their own class
         owner = {n: i for i, s in enumerate(SPECIES) for n in (s.name, *s.synonyms)}
@@ -271,7 +274,7 @@ def test_describe_command_end_to_end_and_cached(cli, oracle_url, tmp_path):
     descriptors = read_descriptor_file(path)
     assert list(descriptors) == WORLD.classnames and all(descriptors.values())
     assert "LLM: 100 calls, 0 cached" in first.output and "failed" not in first.output
-    assert json.loads(provenance_path(path).read_text())["domain"] == "creature"  # from the dataset card
+    assert Record.read(provenance_path(path)).method["params"]["domain"] == "creature"  # from the dataset card
 
     again = runner.invoke(cli, args)
     assert again.exit_code == 0 and "LLM: 0 calls, 100 cached" in again.output
@@ -283,7 +286,7 @@ def test_describe_command_end_to_end_and_cached(cli, oracle_url, tmp_path):
                                "--output", str(out)])
     assert cupl.exit_code == 0, cupl.output
     assert all(len(s) == 1 and name in s[0] for name, s in read_descriptor_file(out).items())
-    assert json.loads(provenance_path(out).read_text())["meta_prompt"]["file"] == meta.name
+    assert Record.read(provenance_path(out)).method["params"]["meta_prompt"]["file"] == meta.name
 
 
 def test_describe_contrastive_uses_the_training_split_confusions(cli, truthful_url, tmp_path, monkeypatch):
@@ -301,8 +304,9 @@ def test_describe_contrastive_uses_the_training_split_confusions(cli, truthful_u
                                       "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert seen == {"model": "toyworld", "k": 2}
-    prov = json.loads(provenance_path(out).read_text())
-    assert prov["kind"] == "contrastive" and prov["confusions"][WORLD.classnames[0]] == WORLD.classnames[1:3]
+    prov = Record.read(provenance_path(out))
+    assert prov.method["name"] == "contrastive"
+    assert prov.results["confusions"][WORLD.classnames[0]] == WORLD.classnames[1:3]
     assert len(read_descriptor_file(out)) == len(WORLD.classnames)
 
 
@@ -321,7 +325,7 @@ def test_synonyms_command_with_filter_and_errors(cli, oracle_url, tmp_path, monk
     data = json.loads(out.read_text())
     for s in WORLD.species:
         assert list(data[str(s.index)]["alternates"]) == [s.name, *s.synonyms]  # made-up ones filtered out
-    assert json.loads(provenance_path(out).read_text())["clip_filter"]["model"] == "toyworld"
+    assert Record.read(provenance_path(out)).results["clip_filter"]["model"] == "toyworld"
 
     budget = runner.invoke(cli, ["synonyms", "-d", "toyworld", "--llm", "oracle", "--base-url", oracle_url,
                                  "--refresh", "--max-calls", "3", "--output", str(tmp_path / "partial.json")])

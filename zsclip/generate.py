@@ -32,6 +32,7 @@ from .errors import ZsclipError
 from .llm import LLMClient
 from .paths import resource_dir
 from .prompts import normalise_descriptor
+from .records import Record
 
 logger = logging.getLogger(__name__)
 
@@ -392,6 +393,19 @@ def confusions_from_scores(scores: np.ndarray, labels: np.ndarray, classnames: S
 
 # -- files ---------------------------------------------------------------------------------------------------
 
+def provenance_record(provenance: Mapping[str, Any], dataset: str | None = None) -> Record:
+    """A generation's provenance as a ``Record`` (kind ``generation``), the one record type of zsclip: the
+    LLM and server as the model, the style and its sampling settings as the method parameters, the counts,
+    and everything else (failures, accounting, confusions, the CLIP filter) as results."""
+    p = dict(provenance)
+    params = {k: p.pop(k) for k in ("meta_prompt", "domain", "temperature", "seed", "samples") if k in p}
+    return Record(kind="generation", dataset={"name": dataset or p.pop("dataset", None)},
+                  model={"name": p.pop("model", None), "server": p.pop("base_url", None)},
+                  method={"name": p.pop("kind", None), "params": params}, counts=p.pop("counts", {}),
+                  created=p.pop("created", None) or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                  zsclip_version=p.pop("zsclip_version", __version__), results=p)
+
+
 def provenance_path(path: str | Path) -> Path:
     """The provenance sidecar of a generated file: ``x.json`` → ``x.provenance.json``."""
     return Path(path).with_suffix(".provenance.json")
@@ -410,7 +424,7 @@ def write_descriptor_file(path: str | Path, per_class: Mapping[str, Sequence[str
     _check_per_class(per_class)
     path = Path(path).expanduser()
     write_json_atomic(path, {c: list(items) for c, items in per_class.items()})
-    write_json_atomic(provenance_path(path), dict(provenance))
+    provenance_record(provenance).write(provenance_path(path))
     logger.info("wrote descriptors of %d classes to %s", len(per_class), path)
     return path
 
@@ -428,6 +442,6 @@ def write_synonym_file(path: str | Path, per_class: Mapping[str, Sequence[str]],
     data = {str(i): {"name": c, "alternates": {s: None for s in merge_synonyms(c, items)}, "most_common_name": c}
             for i, (c, items) in enumerate(per_class.items())}
     write_json_atomic(path, data)
-    write_json_atomic(provenance_path(path), dict(provenance))
+    provenance_record(provenance).write(provenance_path(path))
     logger.info("wrote synonyms of %d classes to %s", len(per_class), path)
     return path
