@@ -27,6 +27,7 @@ from .heads import train_linear_probe
 from .methods import jsonable_params, make_method
 from .models import load_model
 from .pipeline import classify
+from .records import Record
 from .scoring import mean_std
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,9 @@ def _tier_accuracy(correct: np.ndarray, labels: np.ndarray, tiers: Sequence[str]
 
 
 def claims_table(model: str = "toyworld", rows: Sequence[Row] = DEFAULT_ROWS, split: str = "test",
-                 device: str = "auto") -> dict[str, Any]:
-    """Run every row on the toy world and return ``{"rows": [{label, method, params, top1: {tier: %}}], ...}``."""
+                 device: str = "auto") -> Record:
+    """Run every row on the toy world; the record's ``results`` hold ``rows`` (label, method, params, seeds, fit
+    info, ``top1`` per tier), the probe and chance ``ceilings`` and the ``tiers``' species counts."""
     ds = get_dataset("toyworld")
     tiers = [s.tier for s in ds.world.species]
     encoder = load_model(model, None, device=device)
@@ -95,19 +97,26 @@ def claims_table(model: str = "toyworld", rows: Sequence[Row] = DEFAULT_ROWS, sp
     correct = probe.predict(test.embeddings) == test.labels
     probe_row = _tier_accuracy(correct, np.asarray(test.labels), tiers)
     chance = 100.0 / len(ds.classnames)
-    return {
-        "dataset": "toyworld", "split": split, "model": model, "model_fingerprint": encoder.fingerprint,
-        "tiers": {t: tiers.count(t) for t, _ in TIER_COLUMNS},
-        "rows": results,
-        "ceilings": [
-            {"label": "linear probe on image embeddings (all training labels)", "top1": probe_row},
-            {"label": "chance", "top1": {**{t: chance for t, _ in TIER_COLUMNS}, "all": chance}},
-        ],
-    }
+    return Record(
+        kind="claims",
+        dataset={"name": "toyworld", "root": None, "split": split, "split_fingerprint": ds.split_fingerprint(split)},
+        model={"name": model, "pretrained": None, "fingerprint": encoder.fingerprint},
+        method={"name": "claims-table", "params": {"rows": [r.label for r in rows]}, "seeds": None},
+        run=ctx.describe(),
+        results={
+            "tiers": {t: tiers.count(t) for t, _ in TIER_COLUMNS},
+            "rows": results,
+            "ceilings": [
+                {"label": "linear probe on image embeddings (all training labels)", "top1": probe_row},
+                {"label": "chance", "top1": {**{t: chance for t, _ in TIER_COLUMNS}, "all": chance}},
+            ],
+        },
+    )
 
 
-def to_markdown(table: dict[str, Any]) -> str:
+def to_markdown(record: Record) -> str:
     """The table as Markdown: one row per method and ceiling, one column per tier (species count in brackets)."""
+    table = record.results
     heads = [f"{name} ({table['tiers'][t]})" for t, name in TIER_COLUMNS] + ["all"]
     lines = ["| top-1 % | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
     for row in [*table["rows"], *table["ceilings"]]:

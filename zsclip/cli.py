@@ -514,20 +514,20 @@ def world_table(
     device: DeviceOpt = "auto",
 ) -> None:
     """Measure the methods' claims in miniature: test top-1 per species tier, with the world's ceilings."""
-    from ._io import write_bytes_atomic, write_json_atomic
+    from ._io import write_bytes_atomic
     from .claims import claims_table, to_markdown
 
     def go() -> None:
-        result = claims_table(model=model, device=device)
-        markdown = to_markdown(result)
+        record = claims_table(model=model, device=device)
+        markdown = to_markdown(record)
         out.print(markdown, highlight=False, markup=False)
         if json_out:
-            write_json_atomic(json_out, result)
+            record.write(json_out)
             out.print(f"wrote {json_out}", highlight=False, markup=False)
         if write:
             text = (f"# The toy world's table of claims\n\nTop-1 (%) on the `toyworld` test split "
-                    f"({result['split']}, 30 sketch-style images per species), model `{result['model']}` "
-                    f"(fingerprint `{result['model_fingerprint']}`). Columns are the species' corpus tiers (species "
+                    f"({record.dataset['split']}, 30 sketch-style images per species), model `{model}` "
+                    f"(fingerprint `{record.model['fingerprint']}`). Columns are the species' corpus tiers (species "
                     "count in brackets); seeded rows give mean ± std over seeds (np.std, ddof = 0). Regenerate "
                     "with `zsclip world table --write docs/toyworld.md --json docs/toyworld.json`.\n\n"
                     + markdown + "\n")
