@@ -158,3 +158,13 @@ def test_datasets_download_from_a_loopback_mirror(tmp_path, monkeypatch):
                                   "--url", f"{base}/CUB_200_2011.tgz"])
     assert bad.exit_code == 2 and "checksum" in bad.output.lower()
     assert not (tmp_path / "other" / "CUB_200_2011").exists()
+
+
+def test_errors_name_the_cli_flag_on_the_command_line_and_the_argument_in_python():
+    from zsclip.datasets import get_dataset
+    from zsclip.errors import DatasetError
+
+    res = runner.invoke(app, ["classify", "-d", "folder"])
+    assert res.exit_code == 2 and "pass --dataset-root DIR" in res.output
+    with pytest.raises(DatasetError, match=r"pass root=DIR$"):
+        get_dataset("folder")

@@ -9,7 +9,7 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 
-from .errors import ZsclipError
+from .errors import ZsclipError, command_line
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -27,7 +27,8 @@ PretrainedOpt = Annotated[str | None, typer.Option(
 def run_or_exit(fn: Callable[[], T]) -> T:
     """Call ``fn`` and turn a ``ZsclipError`` into a one-line message and exit code 2 (no trace)."""
     try:
-        return fn()
+        with command_line():
+            return fn()
     except ZsclipError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None

@@ -6,6 +6,10 @@ the message of a ``ZsclipError`` without a stack trace; anything else is a bug a
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 
 class ZsclipError(Exception):
     """Base class of the errors a user can act on."""
@@ -36,3 +40,22 @@ class StorageError(ZsclipError, OSError):
 
     Also an ``OSError``, so code that tolerates failed optional writes (``except OSError``) still does.
     """
+
+
+_INTERFACE: contextvars.ContextVar[str] = contextvars.ContextVar("zsclip_interface", default="python")
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """Mark the errors raised inside as the command line's: ``option`` then names CLI flags."""
+    token = _INTERFACE.set("cli")
+    try:
+        yield
+    finally:
+        _INTERFACE.reset(token)
+
+
+def option(cli: str, python: str) -> str:
+    """How an error names a setting: the CLI flag (``--dataset-root DIR``) inside ``zsclip`` commands, the Python
+    argument (``root=...``) when the library is called from Python."""
+    return cli if _INTERFACE.get() == "cli" else python

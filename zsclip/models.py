@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ._io import write_json_atomic
-from .errors import WeightsNotFoundError, ZsclipError
+from .errors import WeightsNotFoundError, ZsclipError, option
 from .paths import cache_root
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,8 @@ def _how_to_get(name: str, pretrained: str | None) -> str:
         fetch = f"`zsclip models download {name}`"
     return (
         f"On a machine with network access run {fetch} (it fills the Hugging Face cache, which you can "
-        "copy to this machine), or pass a checkpoint file with --pretrained PATH, or a folder with "
-        "open_clip_config.json and weights as --model local-dir:FOLDER."
+        f"copy to this machine), or pass a checkpoint file with {option('--pretrained PATH', 'pretrained=PATH')}, or "
+        f"a folder with open_clip_config.json and weights as {option('--model', 'model=')}local-dir:FOLDER."
     )
 
 
@@ -222,7 +222,8 @@ def resolve_weights(name: str, pretrained: str | None = None) -> ResolvedWeights
     if not pretrained:
         tags = open_clip.list_pretrained_tags_by_model(clean)
         raise ZsclipError(
-            f"model {name!r} needs weights: pass --pretrained with a tag ({', '.join(tags) or 'none known'}) "
+            f"model {name!r} needs weights: pass {option('--pretrained', 'pretrained=')} with a tag "
+            f"({', '.join(tags) or 'none known'}) "
             "or a checkpoint file"
         )
     path = Path(pretrained).expanduser()
@@ -232,7 +233,7 @@ def resolve_weights(name: str, pretrained: str | None = None) -> ResolvedWeights
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(clean)
         raise ZsclipError(
-            f"--pretrained {pretrained!r} is neither a file nor a known tag of {clean}; "
+            f"{option('--pretrained', 'pretrained=')}{pretrained!r} is neither a file nor a known tag of {clean}; "
             f"tags: {', '.join(tags) or 'none'}"
         )
     preprocess = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode", "quick_gelu") if k in cfg}

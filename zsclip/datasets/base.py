@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..errors import DatasetError
+from ..errors import DatasetError, option
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class Dataset(abc.ABC):
         """LLM-free descriptors from attribute annotations, for datasets that have them."""
         raise DatasetError(
             f"dataset {self.name!r} has no attribute annotations; pass a descriptor file with "
-            "--descriptors FILE instead"
+            f"{option('-p descriptors=FILE', 'descriptors=FILE')} instead"
         )
 
     def split_fingerprint(self, split: str) -> str:

@@ -14,7 +14,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..errors import DatasetError
+from ..errors import DatasetError, option
 from .base import Dataset, Sample, register_dataset
 from .download import default_data_root, load_card
 
@@ -212,7 +212,8 @@ class CubDataset(Dataset):
                 return candidate.resolve()
         raise DatasetError(
             f"no CUB-200-2011 annotation files in {root} (looked for images.txt there and in {_FOLDER}/); "
-            "pass the CUB_200_2011 folder (or its parent) with --dataset-root DIR, or download it with "
+            f"pass the CUB_200_2011 folder (or its parent) with {option('--dataset-root DIR', 'root=DIR')}, or "
+            "download it with "
             "`zsclip datasets download cub --root DIR`"
         )
 

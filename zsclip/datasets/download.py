@@ -34,7 +34,7 @@ from rich.progress import (
 )
 
 from .._io import atomic_path, read_json
-from ..errors import DatasetError, ZsclipError
+from ..errors import DatasetError, ZsclipError, option
 from ..paths import cache_root, resource_dir
 
 logger = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ def download_dataset(name: str, root: str | os.PathLike | None = None, url: str 
     if not isinstance(spec, dict) or not (url or spec.get("url")):
         raise DatasetError(
             f"dataset {name!r} has no download address in its card; download it by hand and pass its folder "
-            "with --dataset-root DIR"
+            f"with {option('--dataset-root DIR', 'root=DIR')}"
         )
     root = Path(root).expanduser() if root is not None else default_data_root()
     extracted = root / spec.get("extracts_to", name)

@@ -12,7 +12,7 @@ import logging
 import re
 from pathlib import Path
 
-from ..errors import DatasetError
+from ..errors import DatasetError, option
 from .base import Dataset, Sample, register_dataset
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class ImageFolderDataset(Dataset):
     def __init__(self, root: str | Path | None = None) -> None:
         super().__init__()
         if root is None:
-            raise DatasetError("the folder dataset needs its folder: pass --dataset-root DIR")
+            raise DatasetError(f"the folder dataset needs its folder: pass {option('--dataset-root DIR', 'root=DIR')}")
         root = Path(root).expanduser()
         if not root.is_dir():
             raise DatasetError(f"dataset folder not found: {root}")
