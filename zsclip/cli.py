@@ -18,6 +18,7 @@ from rich.table import Table
 from .cli_common import DatasetOpt, ModelOpt, PretrainedOpt, RootOpt, out, run_or_exit
 from .errors import ZsclipError
 from .generate_cli import describe, synonyms
+from .search.cli import app as search_app
 from .world.cli import app as world_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -376,6 +377,7 @@ def store_info(path: Annotated[Path, typer.Argument(help="Image store folder.")]
 
 app.command("describe")(describe)
 app.command("synonyms")(synonyms)
+app.add_typer(search_app, name="search")
 app.add_typer(world_app, name="world", help="The built-in offline toy world: generate, train, table, llm-serve.")
 
 

@@ -1,0 +1,203 @@
+"""Runs a search job end to end: data and evaluator, the resumable search, the validation choice, the outputs
+(a file ``classify`` reads, its provenance, a fitness plot) and the single test report after the search.
+
+Only ``search_data`` reads images while the search runs (training shots and validation); ``eval_data`` reads
+test once, after the job has finished and its choice is written, and only when asked to.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import write_bytes_atomic, write_json_atomic
+from .._version import __version__
+from ..errors import ZsclipError
+from ..prompts import format_template
+from .data import SearchData, eval_data, search_data
+from .evaluate import FitnessWeights, TemplateSetEvaluator, template_blocks
+from .job import Budget, BudgetReached, Job, run_search, stop_message, text_fingerprint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchSetup:
+    """What every search needs: the dataset, the encoder, its text cache and the fitting / choosing data."""
+
+    dataset: Any
+    encoder: Any
+    cache: Any
+    data: SearchData
+    shots: int
+    seed: int
+
+    @property
+    def logit_scale(self) -> float | None:
+        return getattr(self.encoder, "logit_scale", None)
+
+    def blocks_for(self, templates: Sequence[str]) -> dict[str, np.ndarray]:
+        return template_blocks(templates, self.dataset.classnames, self.cache)
+
+    def base_params(self) -> dict[str, Any]:
+        """The parameters every search job shares: dataset, its fitting/choosing splits, model, shots, seed."""
+        return {"dataset": self.dataset.name, "classes": len(self.dataset.classnames),
+                "data": self.data.provenance, "model": self.encoder.fingerprint, "shots": self.shots,
+                "seed": self.seed}
+
+
+def prepare(dataset: Any, encoder: Any, shots: int = 1, seed: int = 1) -> SearchSetup:
+    """The setup of a search on ``dataset`` with ``encoder`` (builds the train and val stores if needed)."""
+    from ..stores import TextEmbeddingCache
+
+    return SearchSetup(dataset, encoder, TextEmbeddingCache(encoder), search_data(dataset, encoder, shots, seed),
+                       shots, seed)
+
+
+def validation_top1(setup: SearchSetup, class_weights: np.ndarray) -> float:
+    """Top-1 (%) on the choosing split of class weights ``class_weights`` (C × D)."""
+    scores = setup.data.choose_features @ np.asarray(class_weights, dtype=np.float32).T
+    return float((scores.argmax(1) == setup.data.choose_labels).mean() * 100.0)
+
+
+def template_weights(setup: SearchSetup, templates: Sequence[str]) -> np.ndarray:
+    """Class weights of a template set: the renormalised mean of its texts' embeddings."""
+    blocks = setup.blocks_for(templates)
+    w = np.sum([blocks[t] for t in dict.fromkeys(templates)], axis=0)
+    return w / np.linalg.norm(w, axis=1, keepdims=True)
+
+
+def prompt_weights(setup: SearchSetup, prompts: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """Class weights of a per-class prompt set (the renormalised mean of each class's prompts, as ``cupl``)."""
+    rows = []
+    for name in setup.dataset.classnames:
+        texts = list(dict.fromkeys(prompts[name]))
+        w = setup.cache.encode(texts).mean(0)
+        rows.append(w / np.linalg.norm(w))
+    return np.stack(rows)
+
+
+def test_report(setup: SearchSetup, class_weights: np.ndarray) -> dict[str, Any]:
+    """The one test evaluation of a finished search's choice (top-1, top-5, mean per-class recall)."""
+    from ..scoring import evaluate
+
+    features, labels = eval_data(setup.dataset, setup.encoder)
+    metrics = evaluate(np.asarray(features, dtype=np.float32) @ class_weights.T, labels, setup.dataset.classnames)
+    return {"split": setup.dataset.default_split, **{k: metrics[k] for k in ("top1", "top5", "mean_per_class_recall")
+                                                    if k in metrics}}
+
+
+def plot_history(history: Sequence[Sequence[float]], path: Path, title: str) -> Path | None:
+    """A PNG of best fitness against evaluations; ``None`` (and a warning) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no fitness plot (pip install matplotlib)")
+        return None
+    import io
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if history:
+        xs, ys = zip(*history)
+        ax.step(xs, ys, where="post")
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel("best fitness (fitting shots)")
+    ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
+def write_output(path: Path, content: str | Mapping[str, Any], provenance: Mapping[str, Any],
+                 history: Sequence[Sequence[float]], title: str) -> dict[str, str]:
+    """Write a result file (text or JSON), its ``.provenance.json`` and its ``.png`` fitness plot beside it."""
+    if isinstance(content, str):
+        write_bytes_atomic(path, content.encode("utf-8"))
+    else:
+        write_json_atomic(path, dict(content))
+    prov_path = path.with_suffix(".provenance.json")
+    write_json_atomic(prov_path, dict(provenance))
+    plot = plot_history(history, path.with_suffix(".png"), title)
+    out = {"file": str(path), "provenance": str(prov_path)}
+    if plot:
+        out["plot"] = str(plot)
+    return out
+
+
+def provenance(job: Job, state: Mapping[str, Any], setup: SearchSetup, **extra: Any) -> dict[str, Any]:
+    return {"zsclip_version": __version__, "kind": job.kind, "job": str(job.path), "fingerprint": job.fingerprint,
+            "params": job.params, "model_fingerprint": setup.encoder.fingerprint,
+            "best_fitness": state["history"][-1][1] if state["history"] else None,
+            "budget_spent": {"evaluations": state["evals"], "llm_calls": state["llm_calls"],
+                             "llm_cached": state["llm_cached"], "llm_cost_usd": state["llm_cost"]},
+            "choice": "finalists by training fitness, chosen on the validation images; test never seen", **extra}
+
+
+def finish_with_test(job: Job, result: dict[str, Any], weights_fn: Callable[[], np.ndarray], setup: SearchSetup,
+                     evaluate_test: bool) -> dict[str, Any]:
+    """Write ``result.json``; then, when asked and not done before, evaluate test once and add it."""
+    previous = job.result()
+    if previous and "test" in previous:
+        result["test"] = previous["test"]
+    job.write_result(result)
+    if evaluate_test and "test" not in result:
+        result["test"] = test_report(setup, weights_fn())
+        job.write_result(result)
+    return result
+
+
+# -- hill-climbing -----------------------------------------------------------------------------------------
+
+
+def run_hillclimb(setup: SearchSetup, pool: Sequence[str], *, pool_source: str, llm: Any, llm_model: str,
+                  k: int = 3, per_call: int = 1, iterations: int = 10, restarts: int = 0,
+                  feedback: str = "good+bad", show_scores: bool = False, finalists: int = 3,
+                  fitness: FitnessWeights = FitnessWeights(1.0, 0.0, 0.0, 0.0), meta_prompt: str | Path | None = None,
+                  domain: str = "object", job_dir: str | Path | None = None, budget: Budget = Budget(),
+                  output: str | Path | None = None, evaluate_test: bool = True) -> dict[str, Any]:
+    """Run (or resume) a hill-climbing job and return its result (see ``zsclip.search.hillclimb``)."""
+    from .hillclimb import HillClimb, check_pool
+
+    pool = check_pool(pool, pool_source)
+    evaluator = TemplateSetEvaluator(setup.data.fit_features, setup.data.fit_labels, len(setup.dataset.classnames),
+                                     fitness, setup.logit_scale)
+    search = HillClimb(pool, evaluator, setup.blocks_for, domain=domain, k=k, per_call=per_call,
+                       iterations=iterations, restarts=restarts, feedback=feedback, show_scores=show_scores,
+                       seed=setup.seed, meta_prompt=meta_prompt)
+    params = {**setup.base_params(), "pool": text_fingerprint(pool), "pool_size": len(pool),
+              "pool_source": pool_source, "llm": llm_model, "meta_prompt": text_fingerprint([search.meta_prompt]),
+              "k": k, "per_call": per_call, "iterations": iterations, "restarts": restarts, "feedback": feedback,
+              "show_scores": show_scores, "fitness": fitness.as_dict(), "domain": domain, "finalists": finalists}
+    job = Job.open("hillclimb", params, job_dir)
+    if llm is None:
+        raise ZsclipError("hill-climbing needs an LLM: pass --llm MODEL and --base-url URL (or set ZSCLIP_LLM_MODEL)")
+    outcome = run_search(job, search, budget, llm)
+    if not outcome.finished:
+        raise BudgetReached(stop_message(job, outcome))
+    state = outcome.state
+    algo = state["algo"]
+    names = search.finalists(algo, finalists)
+    val = {t: validation_top1(setup, template_weights(setup, [t])) for t in names}
+    chosen = max(names, key=lambda t: val[t])  # ties: the better training fitness (max keeps the first)
+    path = Path(output).expanduser() if output else job.path / "template.txt"
+    prov = provenance(job, state, setup, chosen=chosen, finalists=[{"template": t, "validation_top1": val[t]}
+                                                                  for t in names],
+                      failed_iterations=algo["failed_iterations"], rejected_replies=algo["rejected_replies"])
+    header = f"# zsclip search hillclimb: best of {len(names)} finalists on validation; see {path.stem}.provenance.json\n"
+    outputs = write_output(path, header + chosen + "\n", prov, state["history"], "hill-climbing")
+    result = {"kind": "hillclimb", "outputs": outputs, "chosen": [chosen],
+              "validation": {"top1": val[chosen], "finalists": val},
+              "best_training": search.ranked(algo)[0], "failed_iterations": algo["failed_iterations"],
+              "budget_spent": prov["budget_spent"]}
+    return finish_with_test(job, result, lambda: template_weights(setup, [chosen]), setup, evaluate_test)
