@@ -97,10 +97,10 @@ def toy_world(fast_count: int, naive_count: int) -> list[tuple[str, float]]:
         for t, b in blocks.items():
             ev.add(t, b)
         setup_ev = time.perf_counter() - t0
-        fast, _ = rate(lambda s: ev.evaluate([library[i] for i in s]), sets)
+        fast, _ = rate(lambda s, ev=ev: ev.evaluate([library[i] for i in s]), sets)
         out.append((f"toy world (C=100, N=100, d=64, library {len(library)}), beta={beta:g}: zsclip", fast))
 
-        def naive(s: list[int]) -> float:
+        def naive(s: list[int], weights: FitnessWeights = weights) -> float:
             texts = [format_template(library[i], c) for i in s for c in ds.classnames]
             emb = enc.encode_texts(texts)
             return naive_terms(data.fit_features, data.fit_labels, emb, len(s), weights, enc.logit_scale)
@@ -141,10 +141,10 @@ def imagenet(fast_count: int, naive_count: int) -> list[tuple[str, float]]:
         for t in range(n_templates):
             ev.add(str(t), blocks[t])
         setup = time.perf_counter() - t0
-        fast, _ = rate(lambda s: ev.evaluate([str(i) for i in s]), sets)
+        fast, _ = rate(lambda s, ev=ev: ev.evaluate([str(i) for i in s]), sets)
         out.append((f"synthetic ImageNet (C=1000, N=1000, d=512, 240 templates), beta={beta:g}: zsclip", fast))
 
-        def naive(s: list[int]) -> float:
+        def naive(s: list[int], weights: FitnessWeights = weights) -> float:
             encoder.encode_texts([f"template {i} of a {name}." for i in s for name in names])
             emb = blocks[s].reshape(len(s) * c, d)
             return naive_terms(features, labels, emb, len(s), weights)

@@ -25,7 +25,8 @@ JobDirOpt = Annotated[Path | None, typer.Option(
     "--job-dir", help="Job folder (default: $ZSCLIP_HOME/jobs/<kind>-<fingerprint>); running again resumes it.")]
 MaxEvalsOpt = Annotated[int | None, typer.Option("--max-evals", help="Stop before more fitness evaluations than this.")]
 MaxCallsOpt = Annotated[int | None, typer.Option("--max-calls", help="Stop before more LLM calls than this.")]
-MaxCostOpt = Annotated[float | None, typer.Option("--max-cost", help="Stop before the estimated LLM cost passes this (USD).")]
+MaxCostOpt = Annotated[float | None, typer.Option(
+    "--max-cost", help="Stop before the estimated LLM cost passes this (USD).")]
 LLMOpt = Annotated[str | None, typer.Option("--llm", help="LLM model name (default: $ZSCLIP_LLM_MODEL).")]
 BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="Chat-completions server, usually ending in /v1.")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Result file (default: in the job folder).")]
@@ -134,6 +135,87 @@ def hillclimb(
 
     result = _run(go)
     out.print(f"chosen template: {result['chosen'][0]}", highlight=False)
+    _print_result(result)
+
+
+@app.command("proapo")
+def proapo(
+    dataset: DatasetOpt = "toyworld",
+    dataset_root: RootOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    templates: Annotated[str, typer.Option(
+        "--templates", help="Stage-1 library: 'library' (CLIP's 80 lowercased × the card's type_words) or a "
+        "template spec / file.")] = "library",
+    type_words: Annotated[str | None, typer.Option(
+        "--type-words", help="Comma-separated type words (default: the dataset card's type_words).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Stage-1 epochs.")] = 8,
+    max_prompts: Annotated[int | None, typer.Option("--max-prompts", help="Keep only the best N templates after "
+                                                    "screening.")] = None,
+    stage2: Annotated[bool, typer.Option("--stage2/--no-stage2", help="Run stage 2 (per-class prompts).")] = True,
+    synonyms: Annotated[Path | None, typer.Option(
+        "--synonyms", help="Synonym file (REAL format or {class: [synonym]}); default: asked of --llm once, "
+        "else class names only.")] = None,
+    descriptions: Annotated[str, typer.Option(
+        "--descriptions", help="CuPL-style description file, 'card' (the dataset card's cupl file) or 'none'.")
+    ] = "card",
+    descriptions_per_class: Annotated[int, typer.Option("--descriptions-per-class",
+                                                        help="First N descriptions of each class.")] = 5,
+    fitness: FitnessOpt = None,
+    llm: LLMOpt = None,
+    base_url: BaseUrlOpt = None,
+    shots: ShotsOpt = 1,
+    seed: SeedOpt = 1,
+    job_dir: JobDirOpt = None,
+    max_evals: MaxEvalsOpt = None,
+    max_calls: MaxCallsOpt = None,
+    max_cost: MaxCostOpt = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Folder of the result files "
+                                                    "(default: the job folder).")] = None,
+    no_test: NoTestOpt = False,
+) -> None:
+    """ProAPO (Qu et al. 2025): evolutionary template-set search, then per-class prompt search."""
+    from ..generate_cli import dataset_domain
+    from ..paths import display_path, locate, resource_dir
+    from ..prompts import load_templates, match_descriptors, read_descriptor_file
+    from .evaluate import FitnessWeights
+    from .proapo import template_library
+    from .runner import read_synonyms, run_proapo
+
+    def go() -> dict[str, Any]:
+        budget = Budget(max_evals, max_calls, max_cost)
+        setup = _setup(dataset, dataset_root, model, pretrained, shots, seed)
+        ds = setup.dataset
+        words = [w.strip() for w in type_words.split(",") if w.strip()] if type_words else \
+            list(ds.card.get("type_words") or ds.card.get("domain_words") or [])
+        if templates == "library":
+            library, source = template_library(words), f"library({','.join(words)})"
+        else:
+            library, source = [t.replace("{c}", "{}") for t in load_templates(templates, ds.card)], templates
+        descs, desc_source = None, "none"
+        if descriptions != "none":
+            path = resource_dir("prompts") / str(ds.card["cupl"]) if descriptions == "card" and ds.card.get("cupl") \
+                else (locate(Path(descriptions)) if descriptions != "card" else None)
+            if path is not None:
+                descs = match_descriptors(read_descriptor_file(path), ds.classnames, str(path))
+                desc_source = display_path(path)
+        syn = read_synonyms(synonyms, ds.classnames) if synonyms else None
+        client = _llm(llm, base_url, required=False) if stage2 and syn is None else None
+        weights = FitnessWeights.parse(fitness) if fitness else FitnessWeights()
+        return run_proapo(setup, library, library_source=source, epochs=epochs, max_prompts=max_prompts,
+                          fitness=weights, stage2=stage2, synonyms=syn,
+                          synonyms_source=display_path(synonyms) if synonyms else "", descriptions=descs,
+                          descriptions_source=desc_source, descriptions_per_class=descriptions_per_class,
+                          llm=client, llm_model=client.model if client else None, domain=dataset_domain(ds),
+                          job_dir=job_dir, budget=budget, output_dir=output_dir, evaluate_test=not no_test)
+
+    result = _run(go)
+    out.print(f"template set ({len(result['chosen'])}): " + " | ".join(result["chosen"]), highlight=False)
+    if "stage2" in result:
+        out.print(f"per-class prompts: the state after {result['stage2']['chosen']} (best on validation)",
+                  highlight=False)
+    if "test_stage1" in result:
+        out.print(f"test top-1 of the stage-1 template set: {result['test_stage1']['top1']:.2f}", highlight=False)
     _print_result(result)
 
 

@@ -271,6 +271,10 @@ class ClassPromptEvaluator(_Scorer):
         for c in edits:
             self.base[c] = tuple(sorted(set(edits[c])))
 
+    def base_scores(self) -> np.ndarray:
+        """The base's scaled cosines (N × C), a copy."""
+        return self._s.numpy().copy()
+
     def class_weights(self) -> torch.Tensor:
         """The base's class weights (C × D)."""
         return self._t.clone()

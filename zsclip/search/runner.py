@@ -7,6 +7,7 @@ test once, after the job has finished and its choice is written, and only when a
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ import numpy as np
 from .._io import write_bytes_atomic, write_json_atomic
 from .._version import __version__
 from ..errors import ZsclipError
-from ..prompts import format_template
 from .data import SearchData, eval_data, search_data
 from .evaluate import FitnessWeights, TemplateSetEvaluator, template_blocks
 from .job import Budget, BudgetReached, Job, run_search, stop_message, text_fingerprint
@@ -145,14 +145,19 @@ def provenance(job: Job, state: Mapping[str, Any], setup: SearchSetup, **extra: 
 
 
 def finish_with_test(job: Job, result: dict[str, Any], weights_fn: Callable[[], np.ndarray], setup: SearchSetup,
-                     evaluate_test: bool) -> dict[str, Any]:
-    """Write ``result.json``; then, when asked and not done before, evaluate test once and add it."""
-    previous = job.result()
-    if previous and "test" in previous:
-        result["test"] = previous["test"]
+                     evaluate_test: bool, more: Mapping[str, Callable[[], np.ndarray]] | None = None) -> dict[str, Any]:
+    """Write ``result.json`` (the search is over and its choice made); then, when asked and not done before,
+    evaluate the choice on test once (``test``; ``more`` adds records such as ``test_stage1``)."""
+    fns = {"test": weights_fn, **(more or {})}
+    previous = job.result() or {}
+    for name in fns:
+        if name in previous:
+            result[name] = previous[name]
     job.write_result(result)
-    if evaluate_test and "test" not in result:
-        result["test"] = test_report(setup, weights_fn())
+    if evaluate_test and any(name not in result for name in fns):
+        for name, fn in fns.items():
+            if name not in result:
+                result[name] = test_report(setup, fn())
         job.write_result(result)
     return result
 
@@ -194,10 +199,147 @@ def run_hillclimb(setup: SearchSetup, pool: Sequence[str], *, pool_source: str, 
     prov = provenance(job, state, setup, chosen=chosen, finalists=[{"template": t, "validation_top1": val[t]}
                                                                   for t in names],
                       failed_iterations=algo["failed_iterations"], rejected_replies=algo["rejected_replies"])
-    header = f"# zsclip search hillclimb: best of {len(names)} finalists on validation; see {path.stem}.provenance.json\n"
+    header = (f"# zsclip search hillclimb: best of {len(names)} finalists on validation; "
+              f"see {path.stem}.provenance.json\n")
     outputs = write_output(path, header + chosen + "\n", prov, state["history"], "hill-climbing")
     result = {"kind": "hillclimb", "outputs": outputs, "chosen": [chosen],
               "validation": {"top1": val[chosen], "finalists": val},
               "best_training": search.ranked(algo)[0], "failed_iterations": algo["failed_iterations"],
               "budget_spent": prov["budget_spent"]}
     return finish_with_test(job, result, lambda: template_weights(setup, [chosen]), setup, evaluate_test)
+
+
+# -- ProAPO ----------------------------------------------------------------------------------------------
+
+
+def read_synonyms(path: str | Path, classnames: Sequence[str]) -> list[list[str]]:
+    """Synonyms per class (class name first) from a REAL-format file (``{"0": {"name", "alternates"}}``) or a
+    ``{classname: [synonym, ...]}`` file, matched to the dataset's classes by name."""
+    from .._io import read_json
+    from ..generate import merge_synonyms
+    from ..prompts import match_descriptors
+
+    data = read_json(path, "synonym file")
+    if isinstance(data, dict) and data and all(isinstance(v, dict) and "name" in v for v in data.values()):
+        data = {v["name"]: list(v.get("alternates") or {}) for v in data.values()}
+    if not isinstance(data, dict):
+        raise ZsclipError(f"synonym file {path}: expected REAL's format or {{classname: [synonym, ...]}}")
+    matched = match_descriptors(data, classnames, f"synonym file {path}")
+    return [merge_synonyms(c, [s for s in syn if isinstance(s, str)]) for c, syn in zip(classnames, matched)]
+
+
+def _replace_name(description: str, classname: str, synonym: str) -> str:
+    import re
+
+    return re.sub(re.escape(classname), synonym, description, flags=re.IGNORECASE)
+
+
+def run_proapo(setup: SearchSetup, library: Sequence[str], *, library_source: str, epochs: int = 8,
+               max_prompts: int | None = None, fitness: FitnessWeights = FitnessWeights(), stage2: bool = True,
+               synonyms: Sequence[Sequence[str]] | None = None, synonyms_source: str = "class names",
+               descriptions: Sequence[Sequence[str]] | None = None, descriptions_source: str = "none",
+               descriptions_per_class: int = 5, llm: Any = None, llm_model: str | None = None,
+               domain: str = "object", job_dir: str | Path | None = None, budget: Budget = Budget(),
+               output_dir: str | Path | None = None, evaluate_test: bool = True) -> dict[str, Any]:
+    """Run (or resume) a ProAPO job and return its result (see ``zsclip.search.proapo``).
+
+    Synonyms come from ``synonyms`` (class name first), else from ``llm`` (REAL's question, once per class,
+    through the LLM cache, inside the job's budget), else the class names alone.
+    """
+    from ..generate import generate_synonyms
+    from .evaluate import ClassPromptEvaluator
+    from .proapo import ProAPO, item_texts
+
+    classnames = list(setup.dataset.classnames)
+    n = len(classnames)
+    descs = [list(d)[:descriptions_per_class] for d in descriptions] if descriptions is not None else [[]] * n
+    evaluator = TemplateSetEvaluator(setup.data.fit_features, setup.data.fit_labels, n, fitness, setup.logit_scale)
+    cache: dict[str, Any] = {}
+
+    def stage2_inputs(templates: list[str], ctx: Any) -> tuple[list[list[np.ndarray]], list[list[Any]]]:
+        key = json.dumps(templates)
+        if key in cache:
+            return cache[key]
+        if synonyms is not None:
+            syn = [list(s) for s in synonyms]
+        elif ctx is not None and ctx.llm is not None:
+            syn = [generate_synonyms(classnames, ctx.llm, domain=domain).per_class[c] for c in classnames] \
+                if "synonyms" not in cache else cache["synonyms"]
+            cache["synonyms"] = syn
+        else:
+            syn = [[c] for c in classnames]
+        labels, texts = [], []
+        for c, name in enumerate(classnames):
+            entries = [[s, None] for s in syn[c]] + [[s, _replace_name(d, name, s)] for s in syn[c] for d in descs[c]]
+            labels.append(entries)
+            texts.extend(t for s, d in entries for t in item_texts(templates, s, d))
+        emb = setup.cache.encode(texts)
+        items, at, per = [], 0, len(templates)
+        for entries in labels:
+            rows = []
+            for _ in entries:
+                rows.append(emb[at:at + per].sum(0))
+                at += per
+            items.append(rows)
+        cache[key] = (items, labels)
+        return cache[key]
+
+    def make_stage2(items: list[np.ndarray]) -> ClassPromptEvaluator:
+        return ClassPromptEvaluator(setup.data.fit_features, setup.data.fit_labels, items, fitness, setup.logit_scale)
+
+    def validate_templates(templates: Sequence[str]) -> float:
+        return validation_top1(setup, template_weights(setup, templates))
+
+    search = ProAPO(library, classnames, evaluator, setup.blocks_for, validate_templates, epochs=epochs,
+                    max_prompts=max_prompts, seed=setup.seed, stage2=stage2, stage2_inputs=stage2_inputs,
+                    make_stage2_evaluator=make_stage2)
+    params = {**setup.base_params(), "library": text_fingerprint(library), "library_size": len(library),
+              "library_source": library_source, "epochs": epochs, "max_prompts": max_prompts,
+              "fitness": fitness.as_dict(), "stage2": stage2, "domain": domain,
+              "synonyms": synonyms_source if synonyms is not None else (f"llm {llm_model}" if llm else "class names"),
+              "synonyms_hash": (text_fingerprint([json.dumps(list(map(list, synonyms)))])
+                                if synonyms is not None else None),
+              "descriptions": descriptions_source, "descriptions_per_class": descriptions_per_class,
+              "descriptions_hash": text_fingerprint([json.dumps(descs)])}
+    job = Job.open("proapo", params, job_dir)
+    outcome = run_search(job, search, budget, llm)
+    if not outcome.finished:
+        raise BudgetReached(stop_message(job, outcome))
+    state = outcome.state
+    algo = state["algo"]
+    folder = Path(output_dir).expanduser() if output_dir else job.path
+    stage1 = algo["stage1"]
+    prov = provenance(job, state, setup, stage1=stage1)
+    header = ("# zsclip search proapo, stage 1: best of the archive's top 4 on validation; "
+              "see templates.provenance.json\n")
+    outputs = write_output(folder / "templates.txt", header + "\n".join(stage1["templates"]) + "\n", prov,
+                           state["history"], "ProAPO")
+    result: dict[str, Any] = {"kind": "proapo", "outputs": outputs, "chosen": stage1["templates"],
+                              "validation": {"top1": stage1["finalists"][[f["templates"] for f in
+                                                                          stage1["finalists"]].index(stage1["templates"])]
+                                             ["validation_top1"], "stage1_finalists": stage1["finalists"]},
+                              "budget_spent": prov["budget_spent"]}
+    weights_fn: Callable[[], np.ndarray] = lambda: template_weights(setup, stage1["templates"])  # noqa: E731
+    if stage2 and algo["s2"] and algo["s2"]["snapshots"]:
+        _, labels = stage2_inputs(stage1["templates"], None)
+        s2 = algo["s2"]
+
+        def prompts_of(assignment: Sequence[Sequence[int]]) -> dict[str, list[str]]:
+            return {name: [t for i in assignment[c] for t in item_texts(stage1["templates"], *labels[c][i])]
+                    for c, name in enumerate(classnames)}
+
+        scored = [(validation_top1(setup, prompt_weights(setup, prompts_of(snap["assignment"]))), snap)
+                  for snap in s2["snapshots"]]
+        best_val, best = max(scored, key=lambda vs: (vs[0], vs[1]["fitness"]))
+        prompts = prompts_of(best["assignment"])
+        prov2 = provenance(job, state, setup, stage1_templates=stage1["templates"], chosen=best["after"],
+                           snapshots=[{"after": s["after"], "training_fitness": s["fitness"], "validation_top1": v}
+                                      for v, s in scored], groups=s2["groups"])
+        result["more_outputs"] = [write_output(folder / "prompts.json", prompts, prov2, state["history"], "ProAPO")]
+        result["stage2"] = {"chosen": best["after"], "validation_top1": best_val, "groups": s2["groups"],
+                            "snapshots": prov2["snapshots"]}
+        result["validation"]["top1"] = best_val
+        stage1_fn = weights_fn
+        return finish_with_test(job, result, lambda: prompt_weights(setup, prompts), setup, evaluate_test,
+                                {"test_stage1": stage1_fn})
+    return finish_with_test(job, result, weights_fn, setup, evaluate_test)
