@@ -226,6 +226,7 @@ class ProAPO:
                 seen.add(_key(ids))
                 fresh.append((op, ids))
         ctx.reserve(len(fresh))
+        self._ensure_blocks(self._templates(sorted({i for _, ids in fresh for i in ids}), state["kept"]))
         rows = []
         for op, ids in fresh:
             templates = self._templates(ids, state["kept"])
