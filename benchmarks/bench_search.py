@@ -171,7 +171,10 @@ def main() -> None:
     parser.add_argument("--fast", type=int, default=400, help="candidate sets timed with the zsclip evaluator")
     parser.add_argument("--naive", type=int, default=4, help="candidate sets timed with the naive evaluation")
     parser.add_argument("--skip-toy", action="store_true", help="only the synthetic ImageNet setting")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
     rows = [] if args.skip_toy else toy_world(args.fast, args.naive)
     rows += imagenet(args.fast, args.naive)
