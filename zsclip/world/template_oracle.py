@@ -5,7 +5,8 @@ The rule:
 
 1. Read the request: "- " lines under a heading that says "well" are the good templates, under a heading
    that says "badly" the bad ones; under any other heading they are plain examples (treated like good ones,
-   without anything to avoid). "Write N new template" gives how many to write (default 1).
+   without anything to avoid). "Write N new template" (a number, or a word up to "ten") gives how many to
+   write (default 1).
 2. Words to avoid: the words of the bad templates that no good template contains.
 3. Each template written is, by chance:
    - invalid, at ``invalid_rate``: the "{}" is dropped or written "{name}" (what a careless LLM does);
@@ -38,6 +39,8 @@ _HABITAT_PHRASES = tuple(f"on {h}" if h in ("sand", "grass", "snow", "rocks") el
 _PREAMBLES = ("Here are some templates:", "Sure! New templates:", "Templates:")
 _WORD = re.compile(r"[a-z]+")
 _STOP = {"a", "an", "the", "of", "in", "on", "with", "and"}
+_NUMBERS = {w: i for i, w in enumerate(("one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                                         "ten"), start=1)}
 
 
 def _words(text: str) -> set[str]:
@@ -59,8 +62,10 @@ def read_request(prompt: str) -> tuple[list[str], list[str], int]:
             target = bad if "badly" in lowered or "worst" in lowered else good
         elif stripped:
             target = None
-    match = re.search(r"write (\d+) new template", prompt, re.IGNORECASE)
-    return good, bad, int(match.group(1)) if match else 1
+    match = re.search(r"write (\w+) new template", prompt, re.IGNORECASE)
+    word = match.group(1).lower() if match else "1"
+    count = int(word) if word.isdigit() else _NUMBERS.get(word, 1)
+    return good, bad, max(1, count)
 
 
 def _style_of(template: str) -> str | None:
