@@ -233,8 +233,8 @@ def test_oracle_speaks_the_chat_completions_protocol(oracle_url):
         prompt = "Here are good templates:\n- a photo of a {}.\nWrite three new templates, each with {}."
         reply = llm.complete(prompt)
         assert reply.completion_tokens == len(reply.text.split()) and reply.prompt_tokens == len(prompt.split())
-        lines = reply.text.splitlines()
-        assert len(lines) == 3 and all(line.startswith("- ") and line.endswith(".") for line in lines)
+        lines = [line for line in reply.text.splitlines() if line.startswith("- ")]  # a preamble may come first
+        assert len(lines) == 3 and all(line.endswith(".") for line in lines)
         assert llm.complete("Describe what a woolly mammoth looks like.").text == UNKNOWN_REPLY
         # deterministic per class and sample: the same request gets the same answer, another seed another one
         question = f"Describe what a {CLASSES[0]}, a type of creature, looks like."

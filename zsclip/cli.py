@@ -20,6 +20,7 @@ from .errors import ZsclipError
 from .generate_cli import describe, synonyms
 from .pipeline import SUMMARY_METRICS
 from .records import Record
+from .search.cli import app as search_app
 from .world.cli import app as world_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -539,6 +540,7 @@ def world_table(
 
 app.command("describe")(describe)
 app.command("synonyms")(synonyms)
+app.add_typer(search_app, name="search")
 app.add_typer(world_app, name="world", help="The built-in offline toy world: generate, train, table, llm-serve.")
 
 

@@ -57,13 +57,13 @@ class Features:
 
 def few_shot_rows(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
     """Rows of ``shots`` images per class drawn without replacement with ``seed`` (all of a class's images
-    when it has fewer), in ascending row order — CoOp's few-shot sampling."""
+    when it has fewer), classes in label order, in ascending row order — CoOp's few-shot sampling."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     picked = []
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
-        picked.append(rows if len(rows) <= shots else rng.choice(rows, shots, replace=False))
+        picked.append(rng.choice(rows, size=min(shots, len(rows)), replace=False))
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 

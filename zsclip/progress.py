@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 
@@ -36,3 +36,28 @@ def progress_bar(description: str, total: int) -> Iterator[Advance]:
                 progress.update(task, advance=n, description=f"{description} ({status})")
 
         yield advance
+
+
+@contextlib.contextmanager
+def search_progress(description: str, total: int) -> Iterator[Callable[[dict], None]]:
+    """Yield ``show(state)`` for a search job: a bar of steps with evaluations, best fitness, LLM calls and
+    cost, on an interactive stderr unless ``ZSCLIP_PROGRESS=0``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not (console.is_terminal and os.environ.get("ZSCLIP_PROGRESS", "1") != "0"):
+        yield lambda state: None
+        return
+    columns = (TextColumn("{task.description} step"), MofNCompleteColumn(), BarColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(description, total=total, info="")
+
+        def show(state: dict) -> None:
+            best = state["history"][-1][1] if state.get("history") else None
+            info = (f"{state['evals']:,} evals, best {best:.3f}" if best is not None else f"{state['evals']:,} evals")
+            info += f", LLM {state['llm_calls']} calls ({state['llm_cached']} cached), ${state['llm_cost']:.4f}"
+            progress.update(task, completed=min(state["step"], total), info=info)
+
+        yield show

@@ -5,7 +5,9 @@ This is not a model. It recognises which zsclip meta-prompt it was sent (CbD or 
 CuPL sentences, REAL synonyms, new prompt templates), finds the toy-world species named in it and writes
 the answer from the species' true attributes and names, spoiled on purpose at configurable rates: a
 ``generic_rate`` share of answers are true of every creature ("has eyes") and a ``wrong_rate`` share are
-wrong (an attribute value the species does not have, a made-up synonym, a template without its ``{}``).
+wrong (an attribute value the species does not have, a made-up synonym). Template requests (the prompt
+searches') are answered by ``template_oracle.template_reply``: variations of the templates the request
+calls good, avoiding what only the bad ones say, with an invalid template at ``wrong_rate``.
 Answers are deterministic per (class, kind, prompt, request seed), so the generation jobs, their cache and
 their parsers can be tested end to end, and the methods that use generated descriptors can be checked
 against a known truth (``judge_descriptor``).
@@ -31,7 +33,6 @@ from typing import Annotated, Any
 import typer
 
 from ..chat_server import ChatServer, Refusal, Responder, message_text
-from .corpus import _STYLE_PHRASES
 from .spec import (
     _ATTRIBUTE_VALUES,
     _GENERIC,
@@ -44,6 +45,7 @@ from .spec import (
     _unit,
     build_world,
 )
+from .template_oracle import template_reply
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +135,8 @@ class Oracle:
         kind = self.prompt_kind(prompt)
         digest = hashlib.blake2b(prompt.encode("utf-8"), digest_size=8).hexdigest()
         if kind == "templates":
-            return self._templates(_unit("oracle", self.world.seed, kind, seed, digest))
+            return template_reply(prompt, _unit("oracle", self.world.seed, kind, seed, digest),
+                                  invalid_rate=self.wrong_rate)
         species = self.species_in(prompt)
         if species is None:
             return UNKNOWN_REPLY
@@ -198,15 +201,6 @@ class Oracle:
                 entries.append(_make_words(rng, 1, set(self._taken))[0])
         entries = list(dict.fromkeys(entries))
         return "\n".join(f"{i}. {name}" for i, name in enumerate(entries, 1))
-
-    def _templates(self, rng: random.Random) -> str:
-        """Three new prompt templates in the world's rendering styles, as "- " lines; a wrong one lacks "{}"."""
-        phrases = sorted({p for options in _STYLE_PHRASES.values() for p in options})
-        lines = []
-        for phrase in rng.sample(phrases, 3):
-            kind = self._kind(rng)
-            lines.append(f"{phrase} a {DOMAIN}." if kind == "wrong" else f"{phrase} a {{}}.")
-        return "\n".join(f"- {line}" for line in lines)
 
     # -- checking generated descriptors ----------------------------------------------------------------
 

@@ -356,6 +356,7 @@ def dataset_card(world: World) -> dict[str, Any]:
         "style": EVAL_STYLE,
         "world_seed": world.seed,
         "domain_words": ["creature", "creatures", "animal"],
+        "type_words": ["creature", "animal", "critter"],
         "model": "toyworld",
         "descriptors": "toyworld/descriptors.json",
         "cupl": "toyworld/descriptors_cupl_oracle.json",
