@@ -1,0 +1,150 @@
+"""SQLite FTS5's ``unicode61`` tokenizer, reproduced in Python, and REAL's caption normalisation.
+
+REAL (Parashar et al.) counts how often a name occurs in LAION captions with an SQLite FTS5 index built
+with the default tokenizer, ``unicode61 remove_diacritics 1``. zsclip counts straight from parquet, so it
+must split text exactly as that tokenizer does:
+
+- every code point is on its own either a separator or a token character; tokens are maximal runs of
+  token characters (letters, numbers and private-use characters in SQLite's Unicode 6.1 tables, and also
+  every code point unassigned in Unicode 6.1 — so an emoji added later glues onto the word beside it);
+- each token character is case-folded and, for Latin letters, stripped of its diacritic ("É" -> "e");
+  combining accents fold to nothing ("e" + U+0301 -> "e"); there is no stemming.
+
+The per-code-point table is derived from SQLite itself (``scan_sqlite``) and shipped in
+``_unicode61_table.py``; a test holds the shipped table equal to the running SQLite's tokenizer.
+Regenerate it with ``python -m zsclip.unicode61`` (about 10 s).
+
+Before tokenising, REAL deletes ``'`` and ``"`` (so "don't" is one token, "dont") and reads ``-`` and ``_``
+as spaces (``normalise``).
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+#: bumped whenever ``normalise`` or ``tokenize`` change what they return (part of the count-cache key)
+NORMALISATION_VERSION = 1
+
+_SEPARATOR, _TOKEN, _EMPTY = "S", "T", "E"
+_MAX_CODE_POINT = 0x110000
+
+
+def normalise(text: str) -> str:
+    """REAL's caption clean-up before indexing: delete ``"`` and ``'``, read ``-`` and ``_`` as spaces."""
+    return text.replace('"', "").replace("'", "").replace("-", " ").replace("_", " ")
+
+
+@functools.lru_cache(maxsize=1)
+def _translation() -> dict[int, str | None]:
+    """``str.translate`` table: separators -> space, foldable characters -> their folded form.
+
+    Token characters that fold to themselves are absent (``translate`` keeps them).
+    """
+    from ._unicode61_table import FOLDS, RUNS
+
+    table: dict[int, str | None] = {}
+    starts = [int(s, 16) for s, _ in (r.split(":") for r in RUNS.split(","))]
+    kinds = [k for _, k in (r.split(":") for r in RUNS.split(","))]
+    for i, (start, kind) in enumerate(zip(starts, kinds)):
+        stop = starts[i + 1] if i + 1 < len(starts) else _MAX_CODE_POINT
+        if kind == _SEPARATOR:
+            table.update(dict.fromkeys(range(start, stop), " "))
+        elif kind == _EMPTY:
+            table.update(dict.fromkeys(range(start, stop), ""))
+    for pair in FOLDS.split(","):
+        cp, folded = pair.split(":")
+        table[int(cp, 16)] = chr(int(folded, 16))
+    # surrogates cannot occur in text decoded from UTF-8; keep them out of the table
+    for cp in range(0xD800, 0xE000):
+        table.pop(cp, None)
+    return table
+
+
+def tokenize(text: str) -> list[str]:
+    """The FTS5 ``unicode61`` tokens of REAL's normalised ``text`` (``normalise`` is applied here)."""
+    return normalise(text).translate(_translation()).split()
+
+
+def tokenize_raw(text: str) -> list[str]:
+    """The ``unicode61`` tokens of ``text`` as given (no quote deletion), as FTS5 tokenises a query string."""
+    return text.translate(_translation()).split()
+
+
+def scan_sqlite(code_points: Iterable[int]) -> dict[int, str | None]:
+    """What the running SQLite's FTS5 ``unicode61`` tokenizer makes of each code point.
+
+    ``None`` for a separator, else the folded form ("" when the character folds to nothing). Each code
+    point is indexed between two fixed ASCII words ("qq", "zz") and read back through ``fts5vocab``.
+    """
+    db = sqlite3.connect(":memory:")
+    try:
+        db.execute("CREATE VIRTUAL TABLE t USING fts5(x)")
+        db.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, instance)")
+        cps = [cp for cp in code_points if not 0xD800 <= cp < 0xE000]
+        db.executemany("INSERT INTO t(rowid, x) VALUES (?, ?)", [(cp, f"qq{chr(cp)}zz") for cp in cps])
+        terms: dict[int, list[str]] = {}
+        for term, doc in db.execute("SELECT term, doc FROM v"):
+            terms.setdefault(doc, []).append(term)
+    finally:
+        db.close()
+    out: dict[int, str | None] = {}
+    for cp in cps:
+        found = sorted(terms.get(cp, []))
+        if found == ["qq", "zz"]:
+            out[cp] = None
+        elif len(found) == 1 and found[0].startswith("qq") and found[0].endswith("zz"):
+            out[cp] = found[0][2:-2]
+        else:
+            raise RuntimeError(f"unexpected unicode61 tokens for U+{cp:04X}: {found}")
+    return out
+
+
+def _table_source(scan: dict[int, str | None]) -> str:
+    """The Python source of ``_unicode61_table.py`` for a full scan."""
+    runs: list[str] = []
+    folds: list[str] = []
+    previous = None
+    for cp in range(_MAX_CODE_POINT):
+        folded = scan.get(cp)  # surrogates are absent: separators
+        if folded is None:
+            kind = _SEPARATOR
+        elif folded == "":
+            kind = _EMPTY
+        else:
+            kind = _TOKEN
+            if folded != chr(cp):
+                if len(folded) != 1:
+                    raise RuntimeError(f"U+{cp:04X} folds to several characters: {folded!r}")
+                folds.append(f"{cp:x}:{ord(folded):x}")
+        if kind != previous:
+            runs.append(f"{cp:x}:{kind}")
+            previous = kind
+    wrap = 100
+
+    def chunks(items: list[str]) -> str:
+        text = ",".join(items)
+        return "\n".join(f"    {text[i:i + wrap]!r}" for i in range(0, len(text), wrap))
+
+    return (
+        '"""Generated by ``python -m zsclip.unicode61`` from SQLite '
+        f'{sqlite3.sqlite_version}\'s FTS5 unicode61 tokenizer: do not edit.\n\n'
+        "RUNS: ``start:kind`` (hex code point; S separator, T token character, E token character that folds\n"
+        "to nothing), each run lasting until the next start. FOLDS: ``code point:folded code point`` (hex).\n"
+        '"""\n\n'
+        f"RUNS = (\n{chunks(runs)}\n)\n\nFOLDS = (\n{chunks(folds)}\n)\n"
+    )
+
+
+def main() -> None:
+    """Regenerate ``_unicode61_table.py`` from the running SQLite."""
+    target = Path(__file__).with_name("_unicode61_table.py")
+    target.write_text(_table_source(scan_sqlite(range(_MAX_CODE_POINT))), encoding="utf-8")
+    sys.stdout.write(f"wrote {target}\n")
+
+
+if __name__ == "__main__":
+    main()
