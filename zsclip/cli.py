@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from .cli_common import DatasetOpt, ModelOpt, PretrainedOpt, RootOpt, out, run_or_exit
+from .corpus_cli import app as corpus_app
 from .errors import ZsclipError
 from .generate_cli import describe, synonyms
 from .world.cli import app as world_app
@@ -376,6 +377,7 @@ def store_info(path: Annotated[Path, typer.Argument(help="Image store folder.")]
 
 app.command("describe")(describe)
 app.command("synonyms")(synonyms)
+app.add_typer(corpus_app, name="corpus", help="Caption corpora (LAION shards, clip-retrieval folders): info, count.")
 app.add_typer(world_app, name="world", help="The built-in offline toy world: generate, train, table, llm-serve.")
 
 

@@ -284,8 +284,7 @@ def count_names(captions: Iterable[str] | pa.Array, names: Iterable[str],
     phrase_ids, phrases = _phrase_table(names)
     matcher = PhraseMatcher(phrases)
     counts = np.zeros(len(phrases), dtype=np.int64)
-    array = captions if isinstance(captions, pa.Array | pa.ChunkedArray) else pa.array(list(captions),
-                                                                                       type=pa.large_string())
+    array = _as_array(captions)
     for start in range(0, len(array), batch_rows):
         found, _ = matcher.match(array.slice(start, batch_rows))
         counts += np.bincount(found, minlength=len(phrases))
@@ -462,7 +461,7 @@ class CountResult:
     """The counts of a whole corpus, per class and name, with what was read."""
 
     plan: CountPlan
-    corpus: Corpus
+    corpus: Corpus | None
     phrase_counts: np.ndarray
     class_counts: np.ndarray
     rows: int
@@ -505,7 +504,30 @@ class CountResult:
                 "classes": len(self.plan.classes), "names": sum(len(c.names) for c in self.plan.classes),
                 "classes_without_matches": self.unmatched_classes(),
                 "names_without_tokens": [{"class": k, "name": n} for k, n in self.plan.empty_names()],
-                "corpus": self.corpus.manifest()}
+                "corpus": self.corpus.manifest() if self.corpus is not None else None}
+
+
+def count_captions(captions: Iterable[str] | pa.Array, classes: Sequence[ClassNames], prefix: str | None = None,
+                   batch_rows: int = 65_536) -> CountResult:
+    """``count_corpus`` on captions held in memory (no corpus folder, no cache)."""
+    started = time.perf_counter()
+    plan = CountPlan.build(classes, prefix)
+    matcher = PhraseMatcher(plan.phrases)
+    array = _as_array(captions)
+    phrase_counts = np.zeros(len(plan.phrases), dtype=np.int64)
+    class_counts = np.zeros(len(plan.classes), dtype=np.int64)
+    for start in range(0, len(array), batch_rows):
+        pcounts, ccounts = _count_batch(matcher, plan, array.slice(start, batch_rows))
+        phrase_counts += pcounts
+        class_counts += ccounts
+    return CountResult(plan, None, phrase_counts, class_counts, len(array), len(array), 0, 0,
+                       time.perf_counter() - started)
+
+
+def _as_array(captions: Iterable[str] | pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    if isinstance(captions, pa.Array | pa.ChunkedArray):
+        return captions
+    return pa.array(list(captions), type=pa.large_string())
 
 
 def default_cache_dir() -> Path:
