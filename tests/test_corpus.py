@@ -29,7 +29,7 @@ from zsclip.corpus_count import (
     read_synonyms,
 )
 from zsclip.errors import ZsclipError
-from zsclip.unicode61 import _translation, scan_sqlite, tokenize
+from zsclip.unicode61 import scan_sqlite, tokenize
 
 runner = CliRunner()
 
@@ -162,9 +162,11 @@ def test_tokenizer_table_equals_running_sqlite():
     rng = random.Random(0)
     sample = set(range(0x3000)) | {s + d for s in starts for d in (-1, 0, 1) if 0 <= s + d < 0x110000}
     sample |= {rng.randrange(0x110000) for _ in range(20000)}
-    table = _translation()
     for cp, folded in scan_sqlite(sorted(sample)).items():
-        assert chr(cp).translate(table) == (" " if folded is None else folded), hex(cp)
+        if cp in (0x22, 0x27):  # REAL deletes quotes before tokenising
+            continue
+        expected = ["qq", "zz"] if folded is None else [f"qq{folded}zz"]
+        assert tokenize(f"qq{chr(cp)}zz") == expected, hex(cp)
     assert tokenize("Don't STOP-believin' ÉTÉ e\u0301te parrot🦜 bird🐦 İ ß") == [
         "dont", "stop", "believin", "ete", "ete", "parrot🦜", "bird", "i", "ß"]
 

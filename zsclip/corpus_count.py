@@ -45,12 +45,15 @@ from ._version import __version__
 from .corpus import Corpus, Shard
 from .errors import ZsclipError
 from .paths import cache_root
-from .unicode61 import NORMALISATION_VERSION, tokenize
+from .unicode61 import EMPTY_CODE, NORMALISATION_VERSION, SEPARATOR_CODE, fold_table, normalise, tokenize
 
 log = logging.getLogger(__name__)
 
 COUNT_FORMAT = 1
 _APOSTROPHE, _DOUBLE_QUOTE = np.uint8(ord("'")), np.uint8(ord('"'))
+#: ASCII bytes that are unicode61 token characters (letters and digits)
+_ASCII_TOKEN = np.zeros(256, dtype=bool)
+_ASCII_TOKEN[[*range(48, 58), *range(65, 91), *range(97, 123)]] = True
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -159,7 +162,9 @@ class PhraseMatcher:
     def token_ids(self, captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """Vocabulary id (-1 outside it) and caption index of every token of ``captions``.
 
-        The tokens of one caption are consecutive and in order. Null captions have no tokens.
+        The tokens of one caption are consecutive and in order. Null captions have no tokens. ASCII
+        captions are tokenised on their UTF-8 bytes; the others on their code points through
+        ``unicode61.fold_table``; both with numpy, a batch at a time.
         """
         if isinstance(captions, pa.ChunkedArray):
             captions = captions.combine_chunks()
@@ -175,19 +180,8 @@ class PhraseMatcher:
             return ids, rows
         keep = ascii_rows[rows]
         other = np.flatnonzero(~ascii_rows)
-        o_ids, o_rows = self._python_token_ids(captions.take(pa.array(other)).to_pylist(), other)
-        return np.concatenate([ids[keep], o_ids]), np.concatenate([rows[keep], o_rows])
-
-    def _python_token_ids(self, texts: list[str], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of non-ASCII captions through the exact ``unicode61`` table."""
-        vocab = self.vocab
-        ids: list[int] = []
-        counts = np.empty(len(texts), dtype=np.int64)
-        for i, text in enumerate(texts):
-            toks = tokenize(text)
-            counts[i] = len(toks)
-            ids.extend(vocab.get(t, -1) for t in toks)
-        return np.array(ids, dtype=np.int64), np.repeat(rows.astype(np.int64), counts)
+        o_ids, o_rows = self._unicode_token_ids(captions.take(pa.array(other)))
+        return np.concatenate([ids[keep], o_ids]), np.concatenate([rows[keep], other[o_rows]])
 
     def _ascii_token_ids(self, captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """Token ids read straight from the UTF-8 bytes (exact for ASCII captions).
@@ -209,14 +203,43 @@ class PhraseMatcher:
         if len(quotes):
             data = np.delete(data, quotes)
             offsets -= np.searchsorted(quotes, offsets)
-        size = len(data)
         folded = data | np.uint8(0x20)  # lower case for letters; digits keep their value
-        is_token = ((data - np.uint8(48)) < 10) | ((folded - np.uint8(97)) < 26)
-        step = np.diff(is_token.view(np.int8), prepend=np.int8(0), append=np.int8(0))  # +1 starts, -1 ends
-        boundary = np.zeros(size + 1, dtype=bool)
-        boundary[offsets] = True
-        starts = np.flatnonzero((step[:size] == 1) | (boundary[:size] & is_token))
-        ends = np.flatnonzero((step[1:] == -1) | (boundary[1:] & is_token)) + 1
+        return self._byte_token_ids(folded, _ASCII_TOKEN[data], offsets)
+
+    def _unicode_token_ids(self, captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of any captions: code points folded by ``fold_table``, then the byte path on UTF-8."""
+        texts = captions.to_pylist()
+        joined = normalise("".join(texts))
+        if not joined:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        lengths = np.fromiter((len(normalise(t)) for t in texts), dtype=np.int64, count=len(texts))
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        code = fold_table()[np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)]
+        empty = np.flatnonzero(code == EMPTY_CODE)
+        if len(empty):
+            code = np.delete(code, empty)
+            bounds -= np.searchsorted(empty, bounds)
+        code[code == SEPARATOR_CODE] = 0x20
+        data = np.frombuffer(code.tobytes().decode("utf-32-le").encode("utf-8"), dtype=np.uint8)
+        width = 1 + (code >= 0x80).astype(np.int64) + (code >= 0x800) + (code >= 0x10000)
+        byte_bounds = np.concatenate([[0], np.cumsum(width)])[bounds]
+        return self._byte_token_ids(data, data != 0x20, byte_bounds)
+
+    def _byte_token_ids(self, folded: np.ndarray, is_token: np.ndarray,
+                        offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens = maximal runs of ``is_token`` bytes inside one caption (``offsets``: caption starts + end)."""
+        n = len(offsets) - 1
+        size = len(folded)
+        first = is_token.copy()  # a token starts after a separator, or at a caption's first byte
+        first[1:] &= ~is_token[:-1]
+        at = offsets[:-1][offsets[:-1] < size]
+        first[at] = is_token[at]
+        last = is_token.copy()  # ... and ends before a separator, or at a caption's last byte
+        last[:-1] &= ~is_token[1:]
+        at = offsets[1:][offsets[1:] > 0] - 1
+        last[at] = is_token[at]
+        starts = np.flatnonzero(first)
+        ends = np.flatnonzero(last) + 1
         # tokens interleaved with the (null) gaps between them: one string array over the folded bytes
         wide = size >= 2**31
         bounds = np.empty(2 * len(starts) + 1, dtype=np.int64 if wide else np.int32)
@@ -362,7 +385,6 @@ class ShardCounts:
     phrase_counts: np.ndarray
     class_counts: np.ndarray
     seconds: float = 0.0
-    cached: bool = False
 
 
 def _count_batch(matcher: PhraseMatcher, plan: CountPlan, captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -417,7 +439,7 @@ def _load_cached(path: Path, key: Mapping[str, Any], plan: CountPlan) -> ShardCo
     if data.get("key") != dict(key) or len(data.get("phrase_counts", ())) != len(plan.phrases):
         return None
     return ShardCounts(data["rows"], data["kept"], np.array(data["phrase_counts"], dtype=np.int64),
-                       np.array(data["class_counts"], dtype=np.int64), data.get("seconds", 0.0), cached=True)
+                       np.array(data["class_counts"], dtype=np.int64), data.get("seconds", 0.0))
 
 
 _PROGRESS_QUEUE: Any = None
@@ -429,11 +451,15 @@ def _init_worker(progress_queue: Any) -> None:
 
 
 def count_shard(corpus: Corpus, shard_index: int, plan: CountPlan, cache_dir: Path | None,
-                batch_rows: int = 65_536, on_rows: Callable[[int], None] | None = None) -> ShardCounts:
-    """Count one shard (streaming its row groups) and save the result under ``cache_dir`` atomically."""
+                batch_rows: int = 65_536, on_rows: Callable[[int], None] | None = None,
+                matcher: PhraseMatcher | None = None) -> ShardCounts:
+    """Count one shard (streaming its row groups) and save the result under ``cache_dir`` atomically.
+
+    ``matcher``: ``PhraseMatcher(plan.phrases)``, built here when not given.
+    """
     shard = corpus.shards[shard_index]
     started = time.perf_counter()
-    matcher = PhraseMatcher(plan.phrases)
+    matcher = matcher or PhraseMatcher(plan.phrases)
     phrase_counts = np.zeros(len(plan.phrases), dtype=np.int64)
     class_counts = np.zeros(len(plan.classes), dtype=np.int64)
     rows = kept = 0
@@ -555,8 +581,8 @@ def count_corpus(corpus: Corpus, classes: Sequence[ClassNames], prefix: str | No
     todo: list[int] = []
     cached = 0
     for shard in corpus.shards:
-        saved = _load_cached(_cache_file(cache, shard_cache_key(corpus, shard, plan)), shard_cache_key(
-            corpus, shard, plan), plan) if use_cache else None
+        key = shard_cache_key(corpus, shard, plan)
+        saved = _load_cached(_cache_file(cache, key), key, plan) if use_cache else None
         if saved is None:
             todo.append(shard.index)
             continue
@@ -581,15 +607,17 @@ def count_corpus(corpus: Corpus, classes: Sequence[ClassNames], prefix: str | No
 
     with progress_bar("counting names in captions", total if progress else 0, unit="captions") as advance:
         save_to = cache if use_cache else None
+        matcher = PhraseMatcher(plan.phrases)
         if n_workers == 1:
             for i in todo:
-                add(count_shard(corpus, i, plan, save_to, batch_rows, on_rows=advance))
+                add(count_shard(corpus, i, plan, save_to, batch_rows, on_rows=advance, matcher=matcher))
         else:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
             progress_queue = ctx.Queue()
             with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
                                      initargs=(progress_queue,)) as pool:
-                pending = {pool.submit(count_shard, corpus, i, plan, save_to, batch_rows) for i in todo}
+                pending = {pool.submit(count_shard, corpus, i, plan, save_to, batch_rows, matcher=matcher)
+                           for i in todo}
                 while pending:
                     done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                     _drain(progress_queue, advance)

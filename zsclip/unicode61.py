@@ -21,10 +21,13 @@ as spaces (``normalise``).
 from __future__ import annotations
 
 import functools
+import re
 import sqlite3
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 #: bumped whenever ``normalise`` or ``tokenize`` change what they return (part of the count-cache key)
 NORMALISATION_VERSION = 1
@@ -38,40 +41,72 @@ def normalise(text: str) -> str:
     return text.replace('"', "").replace("'", "").replace("-", " ").replace("_", " ")
 
 
+def _runs() -> list[tuple[int, int, str]]:
+    """(first code point, last code point + 1, kind) of every run of the shipped table."""
+    from ._unicode61_table import RUNS
+
+    pairs = [(int(start, 16), kind) for start, kind in (r.split(":") for r in RUNS.split(","))]
+    bounds = [start for start, _ in pairs[1:]] + [_MAX_CODE_POINT]
+    return [(start, stop, kind) for (start, kind), stop in zip(pairs, bounds)]
+
+
 @functools.lru_cache(maxsize=1)
-def _translation() -> dict[int, str | None]:
-    """``str.translate`` table: separators -> space, foldable characters -> their folded form.
+def _splitter() -> re.Pattern[str]:
+    """A pattern matching runs of separator code points."""
+    ranges = "".join(f"{re.escape(chr(a))}-{re.escape(chr(b - 1))}" if b - a > 1 else re.escape(chr(a))
+                     for a, b, kind in _runs() if kind == _SEPARATOR)
+    return re.compile(f"[{ranges}]+")
 
-    Token characters that fold to themselves are absent (``translate`` keeps them).
+
+@functools.lru_cache(maxsize=1)
+def _folds() -> dict[int, str]:
+    """``str.translate`` table of the token characters that do not fold to themselves ("" for accents)."""
+    from ._unicode61_table import FOLDS
+
+    table = {int(cp, 16): chr(int(folded, 16)) for cp, folded in (p.split(":") for p in FOLDS.split(","))}
+    for a, b, kind in _runs():
+        if kind == _EMPTY:
+            table.update(dict.fromkeys(range(a, b), ""))
+    return table
+
+
+#: ``fold_table`` values of separators and of token characters that fold to nothing
+SEPARATOR_CODE = 0xFFFFFFFF
+EMPTY_CODE = 0xFFFFFFFE
+
+
+@functools.lru_cache(maxsize=1)
+def fold_table() -> np.ndarray:
+    """Every code point's fate as one ``uint32`` array (4.4 MB): its folded code point, or a marker.
+
+    ``SEPARATOR_CODE`` for separators, ``EMPTY_CODE`` for token characters that fold to nothing. Used to
+    tokenise many non-ASCII captions at once with numpy (``zsclip.corpus_count``).
     """
-    from ._unicode61_table import FOLDS, RUNS
-
-    table: dict[int, str | None] = {}
-    starts = [int(s, 16) for s, _ in (r.split(":") for r in RUNS.split(","))]
-    kinds = [k for _, k in (r.split(":") for r in RUNS.split(","))]
-    for i, (start, kind) in enumerate(zip(starts, kinds)):
-        stop = starts[i + 1] if i + 1 < len(starts) else _MAX_CODE_POINT
+    table = np.arange(_MAX_CODE_POINT, dtype=np.uint32)
+    for a, b, kind in _runs():
         if kind == _SEPARATOR:
-            table.update(dict.fromkeys(range(start, stop), " "))
+            table[a:b] = SEPARATOR_CODE
         elif kind == _EMPTY:
-            table.update(dict.fromkeys(range(start, stop), ""))
-    for pair in FOLDS.split(","):
-        cp, folded = pair.split(":")
-        table[int(cp, 16)] = chr(int(folded, 16))
-    # surrogates cannot occur in text decoded from UTF-8; keep them out of the table
-    for cp in range(0xD800, 0xE000):
-        table.pop(cp, None)
+            table[a:b] = EMPTY_CODE
+    for cp, folded in _folds().items():
+        if folded:
+            table[cp] = ord(folded)
     return table
 
 
 def tokenize(text: str) -> list[str]:
     """The FTS5 ``unicode61`` tokens of REAL's normalised ``text`` (``normalise`` is applied here)."""
-    return normalise(text).translate(_translation()).split()
-
-
-def tokenize_raw(text: str) -> list[str]:
-    """The ``unicode61`` tokens of ``text`` as given (no quote deletion), as FTS5 tokenises a query string."""
-    return text.translate(_translation()).split()
+    folds = _folds()
+    out = []
+    for token in _splitter().split(normalise(text)):
+        if token.isascii():
+            if token:
+                out.append(token.lower())
+        else:
+            token = token.translate(folds)
+            if token:  # a token of accents only folds to nothing, and FTS5 skips it
+                out.append(token)
+    return out
 
 
 def scan_sqlite(code_points: Iterable[int]) -> dict[int, str | None]:
