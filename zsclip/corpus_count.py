@@ -50,10 +50,8 @@ from .unicode61 import EMPTY_CODE, NORMALISATION_VERSION, SEPARATOR_CODE, fold_t
 log = logging.getLogger(__name__)
 
 COUNT_FORMAT = 1
-_APOSTROPHE, _DOUBLE_QUOTE = np.uint8(ord("'")), np.uint8(ord('"'))
-#: ASCII bytes that are unicode61 token characters (letters and digits)
-_ASCII_TOKEN = np.zeros(256, dtype=bool)
-_ASCII_TOKEN[[*range(48, 58), *range(65, 91), *range(97, 123)]] = True
+#: ``bytes.translate`` table of the ASCII path: letters lower-cased, digits kept, all else a space
+_ASCII_FOLD = bytes(b + 32 if 65 <= b <= 90 else b if (48 <= b <= 57 or 97 <= b <= 122) else 32 for b in range(256))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -133,6 +131,8 @@ class PhraseMatcher:
         self.vocab = vocab
         self._vocab_array = pa.array(list(vocab), type=pa.large_string())
         self._vocab_small = self._vocab_array.cast(pa.string())
+        lengths = [len(t.encode()) for t in vocab] or [0]
+        self._min_bytes, self._max_bytes = min(lengths), max(lengths)
         children: dict[tuple[int, int], int] = {}
         node_phrase = [-1]
         for pid, p in enumerate(self.phrases):
@@ -197,14 +197,14 @@ class PhraseMatcher:
                                 offset=captions.offset * np.dtype(offset_type).itemsize).astype(np.int64)
         if buffers[2] is None or offsets[-1] == offsets[0]:
             return np.empty(0, np.int64), np.empty(0, np.int64)
-        data = np.frombuffer(buffers[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
-        offsets -= offsets[0]
-        quotes = np.flatnonzero((data == _APOSTROPHE) | (data == _DOUBLE_QUOTE))
-        if len(quotes):
-            data = np.delete(data, quotes)
-            offsets -= np.searchsorted(quotes, offsets)
-        folded = data | np.uint8(0x20)  # lower case for letters; digits keep their value
-        return self._byte_token_ids(folded, _ASCII_TOKEN[data], offsets)
+        # one C pass: letters to lower case, digits kept, quotes deleted, every other byte to a space
+        raw = buffers[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_pybytes()
+        offsets = offsets - offsets[0]
+        if raw.count(b"'") or raw.count(b'"'):
+            codes = np.frombuffer(raw, dtype=np.uint8)
+            offsets -= np.searchsorted(np.flatnonzero((codes == 39) | (codes == 34)), offsets)
+        data = np.frombuffer(raw.translate(_ASCII_FOLD, b"'\""), dtype=np.uint8)
+        return self._byte_token_ids(data, data != 0x20, offsets)
 
     def _unicode_token_ids(self, captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of any captions: code points folded by ``fold_table``, then the byte path on UTF-8."""
@@ -240,11 +240,14 @@ class PhraseMatcher:
         last[at] = is_token[at]
         starts = np.flatnonzero(first)
         ends = np.flatnonzero(last) + 1
-        # tokens interleaved with the (null) gaps between them: one string array over the folded bytes
+        # only tokens as long as some vocabulary token are looked up (in UTF-8 bytes)
+        length = ends - starts
+        looked = np.flatnonzero((length >= self._min_bytes) & (length <= self._max_bytes))
+        # looked-up tokens interleaved with the (null) gaps between them: one string array over the bytes
         wide = size >= 2**31
-        bounds = np.empty(2 * len(starts) + 1, dtype=np.int64 if wide else np.int32)
-        bounds[0:-1:2] = starts
-        bounds[1:-1:2] = ends
+        bounds = np.empty(2 * len(looked) + 1, dtype=np.int64 if wide else np.int32)
+        bounds[0:-1:2] = starts[looked]
+        bounds[1:-1:2] = ends[looked]
         bounds[-1] = size
         valid = np.full((len(bounds) + 6) // 8, 0x55, dtype=np.uint8)
         kind = pa.LargeStringArray if wide else pa.StringArray
@@ -252,7 +255,8 @@ class PhraseMatcher:
                                     pa.py_buffer(valid))
         vocab = self._vocab_array if wide else self._vocab_small
         found = pc.index_in(strings, value_set=vocab)
-        ids = found.fill_null(-1).to_numpy(zero_copy_only=False)[0::2].astype(np.int64)
+        ids = np.full(len(starts), -1, dtype=np.int64)
+        ids[looked] = found.fill_null(-1).to_numpy(zero_copy_only=False)[0::2]
         per_row = np.diff(np.searchsorted(starts, offsets))
         rows = np.repeat(np.arange(n, dtype=np.int64), per_row)
         return ids, rows
