@@ -208,11 +208,16 @@ class PhraseMatcher:
 
     def _unicode_token_ids(self, captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of any captions: code points folded by ``fold_table``, then the byte path on UTF-8."""
-        texts = captions.to_pylist()
-        joined = normalise("".join(texts))
-        if not joined:
+        buffers = captions.buffers()
+        offset_type = np.int64 if pa.types.is_large_string(captions.type) else np.int32
+        offsets = np.frombuffer(buffers[1], dtype=offset_type, count=len(captions) + 1,
+                                offset=captions.offset * np.dtype(offset_type).itemsize)
+        if buffers[2] is None or offsets[-1] == offsets[0]:
             return np.empty(0, np.int64), np.empty(0, np.int64)
-        lengths = np.fromiter((len(normalise(t)) for t in texts), dtype=np.int64, count=len(texts))
+        raw = buffers[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_pybytes()
+        joined = normalise(raw.decode("utf-8"))
+        quotes = pc.add(pc.count_substring(captions, "'"), pc.count_substring(captions, '"'))
+        lengths = pc.subtract(pc.utf8_length(captions), quotes).to_numpy(zero_copy_only=False).astype(np.int64)
         bounds = np.concatenate([[0], np.cumsum(lengths)])
         code = fold_table()[np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)]
         empty = np.flatnonzero(code == EMPTY_CODE)
