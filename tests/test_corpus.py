@@ -201,6 +201,9 @@ def test_matcher_handles_shared_prefixes_and_caption_boundaries():
     # "hot" ending caption 0 and "dog" starting caption 1 never form "hot dog"
     assert found == [(0, 0), (0, 1), (0, 4), (1, 1), (1, 4), (2, 4), (3, 1)]
     assert count_names(["Dog-hot"], ["dog hot", "hot"]) == {"dog hot": 1, "hot": 1}
+    # batches that are slices of one array (non-zero offsets), ASCII and non-ASCII mixed, count the same
+    captions = generated_captions(500, seed=5)
+    assert count_names(captions, NAMES, batch_rows=7) == count_names(captions, NAMES)
 
 
 # ------------------------------------------------------------------------------------------------------------
