@@ -233,3 +233,64 @@ def test_cli_generate_and_info(tmp_path):
     result = runner.invoke(app, ["info", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "never" in result.output and "captions" in result.output
+
+
+def test_corpus_counts_equal_the_worlds_ground_truth(world, corpus):
+    """zsclip's REAL counter, run on the captions, gives exactly the frequencies the world wrote them with."""
+    from zsclip.world.corpus import caption_truth
+
+    truth, actual = caption_truth(world, corpus)
+    metrics = real_synonyms(world, corpus.column("caption").to_pylist())
+    for s in world.species:
+        entry = metrics[str(s.index)]
+        assert entry["alternates"] == {n: truth[n] for n in (s.name, *s.synonyms)}
+        assert entry["actual_freq"] == actual[s.index]
+    assert all(truth[s.name] == 0 and actual[s.index] == 0 for s in world.by_tier("never"))
+    nick = world.by_tier("nickname")[0]
+    assert truth[nick.nickname] > truth[nick.name] > 0
+
+
+def test_corpus_export_in_clip_retrieval_layout(world, tmp_path, monkeypatch):
+    """`zsclip world corpus` writes aligned metadata / image / text embeddings that `zsclip corpus count` reads."""
+    from typer.testing import CliRunner
+
+    from zsclip.cli import app
+    from zsclip.corpus import Corpus
+    from zsclip.corpus_count import count_corpus
+    from zsclip.errors import ZsclipError
+    from zsclip.models import load_model
+    from zsclip.world.corpus import caption_truth, export_corpus, world_classes
+
+    monkeypatch.setenv("ZSCLIP_HOME", str(tmp_path / "home"))
+    out = tmp_path / "export"
+    runner = CliRunner()
+    args = ["world", "corpus", "--out", str(out), "--scale", "0.003", "--limit", "90", "--shard-rows", "40",
+            "--workers", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = build_corpus(world, scale=0.003).slice(0, 90)
+    corpus = Corpus.open(out)
+    assert corpus.layout == "clip-retrieval" and [s.rows for s in corpus.shards] == [40, 40, 10]
+    meta = corpus.read_columns(1, ["caption", "image_path", "species", "tier"]).to_pylist()
+    row = table.slice(40, 1).to_pylist()[0]
+    assert meta[0] == {"caption": row["caption"], "image_path": f"toyworld-corpus:{row['render_seed']}",
+                       "species": row["species"], "tier": world.species[row["species"]].tier}
+    img, txt = corpus.embeddings(np.arange(90), "image"), corpus.embeddings(np.arange(90), "text")
+    assert img.dtype == txt.dtype == np.float16 and img.shape == txt.shape == (90, 64)
+    assert np.allclose(np.linalg.norm(img.astype(np.float32), axis=1), 1, atol=1e-2)
+    encoder = load_model("toyworld", None, device="cpu")
+    pixels = torch.stack([encoder.preprocess(render(json.loads(r["attributes"]), r["style"], r["render_seed"]))
+                          for r in table.slice(41, 2).to_pylist()])
+    assert np.allclose(img[41:43], encoder.encode_images(pixels), atol=2e-3)
+    assert np.allclose(txt[:5], encoder.encode_texts(table.column("caption").to_pylist()[:5]), atol=2e-3)
+    # counts from the exported corpus equal the world's ground truth for those rows, exactly
+    result = count_corpus(corpus, world_classes(world), workers=1, use_cache=False)
+    truth, actual = caption_truth(world, table)
+    for i, s in enumerate(world.species):
+        assert result.alternates(i) == {n: truth[n] for n in (s.name, *s.synonyms)}
+        assert result.class_counts[i] == actual[s.index]
+    # a second export resumes (nothing re-encoded); another shard size in the same folder is refused
+    again = export_corpus(world, table, out, encoder, shard_rows=40, workers=1)
+    assert again["rows_encoded"] == 0 and again["complete"]
+    with pytest.raises(ZsclipError, match="holds another export"):
+        export_corpus(world, table, out, encoder, shard_rows=30, workers=1)

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .cli_common import DatasetOpt, ModelOpt, PretrainedOpt, RootOpt, err, out, run_or_exit
+from .corpus_cli import app as corpus_app
 from .errors import ZsclipError
 from .generate_cli import describe, synonyms
 from .pipeline import SUMMARY_METRICS
@@ -541,6 +542,7 @@ def world_table(
 app.command("describe")(describe)
 app.command("synonyms")(synonyms)
 app.add_typer(search_app, name="search")
+app.add_typer(corpus_app, name="corpus", help="Caption corpora (LAION shards, clip-retrieval folders): info, count.")
 app.add_typer(world_app, name="world", help="The built-in offline toy world: generate, train, table, llm-serve.")
 
 

@@ -15,8 +15,11 @@ class Advance(Protocol):
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int) -> Iterator[Advance]:
-    """Yield ``advance(n, status=None)``; a bar is shown on an interactive stderr unless ``ZSCLIP_PROGRESS=0``."""
+def progress_bar(description: str, total: int, unit: str | None = None) -> Iterator[Advance]:
+    """Yield ``advance(n, status=None)``; a bar is shown on an interactive stderr unless ``ZSCLIP_PROGRESS=0``.
+
+    With ``unit`` ("captions"), the bar also shows the rate, e.g. "250,000 captions/s".
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -25,15 +28,20 @@ def progress_bar(description: str, total: int) -> Iterator[Advance]:
     if not enabled:
         yield lambda n, status=None: None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    if unit:
+        columns.append(TextColumn(f"{{task.fields[rate]}} {unit}/s"))
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(description, total=total, rate="-")
 
         def advance(n: int, status: str | None = None) -> None:
             if status is None:
                 progress.advance(task, n)
             else:
                 progress.update(task, advance=n, description=f"{description} ({status})")
+            speed = progress.tasks[task].speed
+            if unit and speed:
+                progress.update(task, rate=f"{speed:,.0f}")
 
         yield advance
 

@@ -1,4 +1,5 @@
-"""Command line of the toy world: ``generate`` (spec, corpus, prompt files), ``train`` (the tiny CLIP), ``info``.
+"""Command line of the toy world: ``generate`` (spec, corpus, prompt files), ``train`` (the tiny CLIP),
+``corpus`` (export as a clip-retrieval folder), ``info``.
 
 Mounted as ``zsclip world ...``; standalone as ``python -m zsclip.world.cli ...``. Generated artefacts
 that are not committed (the corpus parquet, the rendered-image cache, training checkpoints) go under
@@ -19,7 +20,15 @@ from rich.table import Table
 from .._io import write_json_atomic
 from ..paths import cache_root, resource_dir
 from . import MODEL_DIR
-from .corpus import build_corpus, read_corpus, real_synonyms, synonym_counts, write_corpus
+from .corpus import (
+    EXPORT_SHARD_ROWS,
+    build_corpus,
+    export_corpus,
+    read_corpus,
+    real_synonyms,
+    synonym_counts,
+    write_corpus,
+)
 from .oracle import llm_serve
 from .spec import DEFAULT_SEED, TIERS, build_world, dataset_card, descriptors, world_summary
 from .train import TrainConfig, train
@@ -111,6 +120,59 @@ def train_cmd(
         summary = train(table, out_dir, model_dir, cfg, progress=on_step)
     out.print(json.dumps(summary, indent=2))
     out.print(f"model folder: {model_dir} (load with open_clip.create_model_and_transforms('local-dir:{model_dir}'))")
+
+
+@app.command("corpus")
+def corpus_cmd(
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write the clip-retrieval layout into."),
+    seed: int = typer.Option(DEFAULT_SEED, help="World seed."),
+    scale: float = typer.Option(1.0, help="Multiply every species' corpus image count (1.0 = about 96k rows)."),
+    limit: int = typer.Option(None, help="Export only the first N rows (after --scale)."),
+    shard_rows: int = typer.Option(EXPORT_SHARD_ROWS, help="Rows per metadata/embedding shard."),
+    workers: int = typer.Option(2, help="Processes that render the corpus images."),
+    threads: int = typer.Option(2, help="torch CPU threads for encoding."),
+) -> None:
+    """Export the world's caption corpus as a clip-retrieval folder: metadata, image and text embeddings.
+
+    metadata/metadata_N.parquet (caption, image_path "toyworld-corpus:<render seed>", species, tier, ...),
+    img_emb/img_emb_N.npy (the rendered images encoded by the toy model) and text_emb/text_emb_N.npy (the
+    captions encoded by it), float16 and L2-normalised, rows aligned 1:1. Read it with `zsclip corpus`.
+    An interrupted export resumes at its first incomplete shard.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import numpy as np
+    import torch
+
+    from ..errors import ZsclipError
+    from ..models import load_model
+    from .train import corpus_fingerprint
+
+    torch.set_num_threads(max(1, threads))
+    world = build_world(seed)
+    table = build_corpus(world, scale)
+    cached = default_out() / f"images-{corpus_fingerprint(table)}.npy"
+    images = np.load(cached, mmap_mode="r") if cached.is_file() else None
+    if limit is not None:
+        table = table.slice(0, max(0, limit))
+    if table.num_rows == 0:
+        err.print("error: nothing to export (--limit 0)")
+        raise typer.Exit(2)
+    if images is not None:
+        err.print(f"using the rendered corpus images cached by `zsclip world train`: {cached}")
+    encoder = load_model("toyworld", None, device="cpu")
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=err) as bar:
+        task = bar.add_task("rendering and encoding", total=table.num_rows)
+        try:
+            summary = export_corpus(world, table, out_dir, encoder, shard_rows=shard_rows, workers=workers,
+                                    images=images, progress=lambda k: bar.advance(task, k))
+        except ZsclipError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+    out.print(f"corpus: {out_dir} ({summary['rows']} rows, {summary['shards']} shards, {summary['seconds']} s)")
+    out.print(f"count names with: zsclip corpus count --corpus {out_dir} --synonyms {prompts_dir() / 'synonyms.json'} "
+              "--output metrics.json")
 
 
 @app.command()
