@@ -225,8 +225,11 @@ def explain_cmd(
     device: DeviceOpt = "auto",
     store: StoreOpt = None,
 ) -> None:
-    """Explain predictions: each text's similarity for the predicted, true and runner-up classes (DDS: the
-    descriptions it selected per candidate). Takes the same method parameters as classify, or a record."""
+    """Explain predictions: each text's similarity for the predicted, true and runner-up classes.
+
+    DDS shows the descriptions it selected per candidate. Takes the same method parameters as classify, or a
+    record (--from-record).
+    """
     from .methods import parse_params
     from .pipeline import classify as run_classify
     from .pipeline import classify_from_record
