@@ -313,7 +313,7 @@ def test_folder_without_split_folders(tmp_path: Path) -> None:
 
 
 def test_folder_errors_name_the_path(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="--dataset-root"):
+    with pytest.raises(DatasetError, match="pass root=DIR"):
         get_dataset("folder")
     with pytest.raises(DatasetError, match=f"no class folders in {tmp_path}"):
         get_dataset("folder", root=tmp_path)
