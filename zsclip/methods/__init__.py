@@ -30,6 +30,6 @@ from .waffle import WafflePrompts
 
 __all__ = [
     "DDS", "ClassNamePrompts", "CuplPrompts", "DescriptionPool", "DescriptorPrompts", "Method", "Param",
-    "ParameterError", "RealLinear", "RealPrompt", "WafflePrompts", "describe_method", "jsonable_params", "list_methods", "make_method",
-    "method_class", "parse_params", "register_method", "resolve_descriptors",
+    "ParameterError", "RealLinear", "RealPrompt", "WafflePrompts", "describe_method", "jsonable_params",
+    "list_methods", "make_method", "method_class", "parse_params", "register_method", "resolve_descriptors",
 ]

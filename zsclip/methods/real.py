@@ -141,7 +141,7 @@ class RealLinear(Method):
         if not corpus.has_image_embeddings:
             raise ZsclipError(f"corpus {corpus.path} has no image embeddings (img_emb/img_emb_N.npy beside "
                               "metadata/); real-linear trains on them")
-        prompt_set, chosen, counts = _real_prompt_set(dataset, self.metrics, None if self._has_counts() else
+        prompt_set, chosen, counts = _real_prompt_set(dataset, self.metrics, None if self._has_counts(dataset) else
                                                       self.corpus, self.templates, self.strict)
         cache = ctx.text_cache
         temps = _templates(self.templates, dataset.card)
@@ -216,10 +216,10 @@ class RealLinear(Method):
         }
         return self
 
-    def _has_counts(self) -> bool:
+    def _has_counts(self, dataset: Any) -> bool:
         """Whether ``metrics`` (or the card's synonyms) hold counts; otherwise names are counted over the corpus."""
         if self.metrics is None:
-            return True  # the card's synonyms file: resolve_names says if there is none
+            return bool(dataset.card.get("synonyms"))  # the card's file holds counts; none: count official names
         from .._io import read_json
         from ..paths import locate
 
