@@ -342,12 +342,13 @@ def _batches(n: int, size: int, steps: int, gen: Any) -> Any:
 
 
 def train_head(image_features: np.ndarray, image_labels: np.ndarray, text_features: np.ndarray,
-               text_labels: np.ndarray, init: np.ndarray, steps: int, seed: int) -> np.ndarray:
+               text_labels: np.ndarray, init: np.ndarray, steps: int, seed: int, balance: str = "none") -> np.ndarray:
     """Train REAL-Linear's bias-free head from ``init`` (C × D); returns the learned C × D weights.
 
     Each step: 32 image and 32 text features (all L2-normalised; reshuffled passes), CE on logits × 100,
-    AdamW (lr 1e-4, weight decay 0.01), ``lr_at`` schedule. Deterministic for ``seed``: one CPU thread and a
-    seeded generator for the batches.
+    AdamW (lr 1e-4, weight decay 0.01), ``lr_at`` schedule. ``balance="class"`` draws the images with
+    weights 1/(images of their class) instead, so every class is seen equally often. Deterministic for
+    ``seed``: one CPU thread and a seeded generator for the batches.
     """
     import torch
 
@@ -361,7 +362,13 @@ def train_head(image_features: np.ndarray, image_labels: np.ndarray, text_featur
         y_txt = torch.from_numpy(np.asarray(text_labels, dtype=np.int64))
         weight = torch.nn.Parameter(torch.from_numpy(np.array(init, dtype=np.float32)))
         opt = torch.optim.AdamW([weight], lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-        img_batches = _batches(len(x_img), BATCH_IMAGES, steps, gen) if len(x_img) else None
+        if balance == "class" and len(x_img):
+            per = np.bincount(y_img.numpy())
+            w = torch.from_numpy(1.0 / per[y_img.numpy()])
+            img_batches: Any = (torch.multinomial(w, BATCH_IMAGES, replacement=True, generator=gen)
+                                for _ in range(steps))
+        else:
+            img_batches = _batches(len(x_img), BATCH_IMAGES, steps, gen) if len(x_img) else None
         txt_batches = _batches(len(x_txt), BATCH_TEXTS, steps, gen)
         for step in range(steps):
             for group in opt.param_groups:

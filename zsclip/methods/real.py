@@ -37,6 +37,17 @@ _METRICS_DOC = ("a REAL metrics file with counts (`zsclip corpus count`), or wit
 _CORPUS_DOC = "a caption corpus folder (LAION metadata shards or a clip-retrieval folder)"
 
 
+def retrieval_names(official: str, names: Sequence[str], subset_names: str) -> list[str]:
+    """The names a class retrieves with: all of them (``keep``), or without those whose words are a strict
+    subset of the official name's (``drop``: a genus word names every species of the genus)."""
+    from ..corpus_count import phrase_of
+
+    if subset_names == "keep":
+        return list(names)
+    words = set(phrase_of(official))
+    return [n for n in names if n == official or not set(phrase_of(n)) < words]
+
+
 def _templates(spec: str | Sequence[str], card: Any) -> list[str]:
     return load_templates(spec, card) if isinstance(spec, str) else list(spec)
 
@@ -84,6 +95,8 @@ class RealLinear(Method):
 
     kind = "fitted"
     randomised = True
+    #: trains on retrieved corpus images only: no split of the dataset is read while fitting
+    reads_splits = False
     parameters = {
         "corpus": Param(str, _CORPUS_DOC + " with img_emb/ (required)", nullable=True),
         "metrics": Param(str, _METRICS_DOC + "; with no counts the names are counted over corpus", nullable=True),
@@ -96,6 +109,12 @@ class RealLinear(Method):
         "retrieval": Param(str, "string (REAL: captions matching a name) or knn (nearest corpus images to the "
                            "class's prompt embedding, FAISS)", choices=("string", "knn")),
         "index": Param(str, "FAISS factory string of the kNN image index (Flat, HNSW32, IVF1024,PQ32, ...)"),
+        "subset_names": Param(str, "names whose words are a strict subset of the official name's (a genus word, "
+                              "the name trap REAL-Prompt's rule skips) match other species' captions: drop them from "
+                              "retrieval, or keep them (the authors', default)", choices=("drop", "keep")),
+        "balance": Param(str, "how training draws the retrieved images: none (uniformly, the authors', default) "
+                         "or class (each class equally often, so that tail classes with few images are not drowned)",
+                         choices=("none", "class")),
         "alpha": Param(float, "WiSE-FT mixing: alpha·learned + (1 − alpha)·zero-shot", low=0.0, high=1.0),
         "steps": Param(int, "cap on training steps: min(steps, n·C·10/32)", low=1),
         "seed": Param(int, "seed of the candidate shuffle and of the training batches", low=0),
@@ -103,7 +122,8 @@ class RealLinear(Method):
 
     def __init__(self, corpus: str | None = None, metrics: str | None = None,
                  templates: str | Sequence[str] = "ensemble", strict: bool = False, n: int = 500,
-                 candidates: int | None = None, retrieval: str = "string", index: str = "Flat", alpha: float = 0.5,
+                 candidates: int | None = None, retrieval: str = "string", index: str = "Flat",
+                 subset_names: str = "keep", balance: str = "none", alpha: float = 0.5,
                  steps: int = 32_000, seed: int = 0) -> None:
         self.corpus = corpus
         self.metrics = metrics
@@ -113,6 +133,8 @@ class RealLinear(Method):
         self.candidates = candidates
         self.retrieval = retrieval
         self.index = index
+        self.subset_names = subset_names
+        self.balance = balance
         self.alpha = alpha
         self.steps = steps
         self.seed = seed
@@ -153,7 +175,7 @@ class RealLinear(Method):
         text_labels = np.asarray(prompt_set.owners, dtype=np.int64)
         zs = np.stack([text_emb[text_labels == c].mean(axis=0) for c in range(len(chosen))])
         zs /= np.maximum(np.linalg.norm(zs, axis=1, keepdims=True), 1e-12)
-        names_per_class = [list(c.alternates) for c in counts]
+        names_per_class = [retrieval_names(c.name, list(c.alternates), self.subset_names) for c in counts]
         name_emb = [name_prompt_embeddings(cache.encode, names, temps) for names in names_per_class]
 
         key_payload = {"corpus": corpus.manifest()["shards"], "corpus_path": str(corpus.path.resolve()),
@@ -178,7 +200,8 @@ class RealLinear(Method):
         empty = [dataset.classnames[c] for c in np.flatnonzero(per_class == 0)]
 
         steps = total_steps(self.n, len(chosen), self.steps)
-        head_key = cache_key({**key_payload, "strict": self.strict, "steps": steps, "alpha": self.alpha})
+        head_key = cache_key({**key_payload, "strict": self.strict, "steps": steps, "alpha": self.alpha,
+                              "balance": self.balance})
         zero_shot = ClassHead(zs, tuple(dataset.classnames), None, {"kind": "real-prompt", "names": chosen})
         head_path = folder / f"head-{head_key}"
         if head_path.with_suffix(".json").is_file():
@@ -187,7 +210,8 @@ class RealLinear(Method):
         else:
             if len(retrieved.rows):
                 images = np.asarray(corpus.embeddings(retrieved.rows, "image"), dtype=np.float32)
-                learned_w = train_head(images, retrieved.labels, text_emb, text_labels, zs, steps, self.seed)
+                learned_w = train_head(images, retrieved.labels, text_emb, text_labels, zs, steps, self.seed,
+                                       balance=self.balance)
             else:
                 log.warning("real-linear: no corpus image was retrieved for any class; the zero-shot head is used")
                 learned_w = zs.copy()
@@ -211,7 +235,8 @@ class RealLinear(Method):
                                     "max": int(per_class.max())},
             "classes_without_images": empty, "zero_shot_fallbacks": len(empty),
             "candidates_per_class_median": float(np.median(retrieved.candidates)) if len(retrieved.candidates) else 0,
-            "steps": steps, "retrieved_set": str(folder / "retrieved.parquet"), "retrieved_reused": reused,
+            "retrieval_names_dropped": sum(len(c.alternates) - len(n) for c, n in zip(counts, names_per_class)),
+            "training_steps": steps, "retrieved_set": str(folder / "retrieved.parquet"), "retrieved_reused": reused,
             "head": str(head_path.with_suffix(".json")), "head_trained": trained,
         }
         return self
