@@ -265,3 +265,18 @@ def test_a_corpus_where_no_class_matches_falls_back_to_zero_shot(cub, tiny_encod
     assert clf.fit_info_["zero_shot_fallbacks"] == len(cub.classnames)
     v = np.random.default_rng(1).normal(size=(3, 32)).astype(np.float32)
     np.testing.assert_allclose(clf.scores(v), prompt.scores(v), atol=1e-5)
+
+
+def test_subset_names_option_and_class_balanced_training():
+    from zsclip.methods.real import retrieval_names
+
+    names = ["krell vorlick", "vorlick", "snaiky", "krell"]
+    assert retrieval_names("krell vorlick", names, "keep") == names
+    assert retrieval_names("krell vorlick", names, "drop") == ["krell vorlick", "snaiky"]
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 60 + [1] * 4)
+    x = rng.normal(size=(64, 8))
+    init = rng.normal(size=(2, 8)).astype(np.float32)
+    a = train_head(x, y, x[:2], np.arange(2), init, steps=60, seed=1, balance="class")
+    np.testing.assert_array_equal(a, train_head(x, y, x[:2], np.arange(2), init, steps=60, seed=1, balance="class"))
+    assert not np.array_equal(a, train_head(x, y, x[:2], np.arange(2), init, steps=60, seed=1))
