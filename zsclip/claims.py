@@ -15,8 +15,10 @@ pipeline; nothing under ``zsclip.world`` imports the pipeline.)
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,9 @@ class Row:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+#: where the REAL-Linear rows read the toy world's exported corpus (`zsclip world corpus --out DIR`)
+REAL_CORPUS = os.environ.get("ZSCLIP_TOYWORLD_CORPUS", str(Path("~/.cache/zsclip/toyworld-corpus").expanduser()))
+
 DEFAULT_ROWS = (
     Row('class names, "a photo of a {}."', "classnames", {"templates": "simple"}),
     Row('class names, "a sketch of a {}." (the test style)', "classnames", {"templates": "a sketch of a {}."}),
@@ -58,6 +63,13 @@ DEFAULT_ROWS = (
         {"template": "ensemble", "form": "classname"}),
     Row("CuPL sentences (oracle LLM stand-in), renormalised mean", "cupl", {}),
     Row("random descriptors (WaffleCLIP), 7 seeds", "waffle", {}),
+    Row("REAL-Prompt (most frequent caption name, template ensemble)", "real-prompt", {}),
+    Row("REAL-Linear, string-match retrieval, the authors' recipe (n=500, WiSE-FT 0.5)", "real-linear",
+        {"corpus": REAL_CORPUS, "retrieval": "string"}),
+    Row("REAL-Linear, string-match, genus-word names dropped, class-balanced (chosen on val)", "real-linear",
+        {"corpus": REAL_CORPUS, "retrieval": "string", "subset_names": "drop", "balance": "class"}),
+    Row("REAL-Linear, kNN image retrieval, class-balanced (n=500, WiSE-FT 0.5)", "real-linear",
+        {"corpus": REAL_CORPUS, "retrieval": "knn", "balance": "class"}),
     Row("random + about 1/2 real descriptors (WaffleCLIP mixed), 7 seeds", "waffle", {"mixed": True}),
 )
 

@@ -407,3 +407,36 @@ class Corpus:
 def _shard_sort_key(path: Path) -> tuple[int, str]:
     m = _NUMBERED.search(path.name)
     return (int(m.group(1)) if m else -1, path.name)
+
+
+def write_clip_retrieval(out_dir: str | Path, captions: Sequence[str], image_embeddings: np.ndarray,
+                         text_embeddings: np.ndarray | None = None, shard_rows: int = 1_000_000,
+                         columns: dict[str, Sequence[Any]] | None = None) -> Path:
+    """Write captions and row-aligned embeddings as a clip-retrieval folder (``metadata/``, ``img_emb/``,
+    ``text_emb/``), ``shard_rows`` rows a shard; embeddings are L2-normalised and stored as float16.
+
+    For corpora made in code (tests, notebooks, small exports); ``columns`` adds metadata columns.
+    """
+    out = Path(out_dir)
+    n = len(captions)
+    if len(image_embeddings) != n or (text_embeddings is not None and len(text_embeddings) != n):
+        raise ZsclipError(f"write_clip_retrieval: {n} captions but {len(image_embeddings)} image embeddings"
+                          + (f" and {len(text_embeddings)} text embeddings" if text_embeddings is not None else ""))
+    for sub in ("metadata", "img_emb") + (("text_emb",) if text_embeddings is not None else ()):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float16)
+
+    for k, lo in enumerate(range(0, max(n, 1), shard_rows)):
+        hi = min(n, lo + shard_rows)
+        data: dict[str, Any] = {"caption": pa.array(list(captions[lo:hi]), pa.string()),
+                                "image_path": pa.array([f"row:{i}" for i in range(lo, hi)], pa.string())}
+        for name, values in (columns or {}).items():
+            data[name] = pa.array(list(values[lo:hi]))
+        np.save(out / "img_emb" / f"img_emb_{k}.npy", unit(image_embeddings[lo:hi]))
+        if text_embeddings is not None:
+            np.save(out / "text_emb" / f"text_emb_{k}.npy", unit(text_embeddings[lo:hi]))
+        pq.write_table(pa.table(data), out / "metadata" / f"metadata_{k}.parquet")
+    return out

@@ -14,9 +14,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .cli_common import err, out, run_or_exit
+from .cli_common import ModelOpt, PretrainedOpt, err, out, run_or_exit
 
-app = typer.Typer(help="Caption corpora (LAION metadata shards, clip-retrieval folders): inspect, count names.",
+app = typer.Typer(help="Caption corpora (LAION metadata shards, clip-retrieval folders): inspect, count names, "
+                  "search.",
                   no_args_is_help=True)
 
 
@@ -131,5 +132,53 @@ def info(
         if manifest:
             opened.write_manifest(manifest)
             out.print(f"manifest: {manifest}")
+
+    run_or_exit(go)
+
+
+class KindChoice(str, Enum):
+    image = "image"
+    text = "text"
+
+
+@app.command()
+def search(
+    text: Annotated[list[str], typer.Argument(help="Text(s) to search for.")],
+    corpus: CorpusOpt,
+    k: Annotated[int, typer.Option("-k", help="Nearest rows per text.")] = 10,
+    kind: Annotated[KindChoice, typer.Option(
+        "--kind", help="Search the corpus images (img_emb) or its captions (text_emb).")] = KindChoice.image,
+    index: Annotated[str, typer.Option(help="FAISS factory string of the index (built once, kept).")] = "Flat",
+    model: ModelOpt = "toyworld",
+    pretrained: PretrainedOpt = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")] = False,
+) -> None:
+    """The corpus rows nearest to TEXT by image or caption embedding (a FAISS index, built on first use).
+
+    TEXT is encoded by the model that embedded the corpus (default: the toy world's).
+    """
+
+    def go() -> None:
+        import json
+
+        from .corpus_index import search_corpus
+        from .models import load_model
+
+        if k < 1:
+            from .errors import ZsclipError
+
+            raise ZsclipError(f"-k must be ≥ 1, got {k}")
+        encoder = load_model(model or "toyworld", pretrained, device=device)
+        hits = search_corpus(_open(corpus, None, None, NsfwChoice.none), text, encoder, k, kind.value, index)
+        if as_json:
+            out.print_json(json.dumps(hits))
+            return
+        table = Table()
+        for col in ("query", "rank", "row", "score", "caption"):
+            table.add_column(col)
+        for h in hits:
+            table.add_row(h["query"], str(h["rank"]), str(h["row"]), f"{h['score']:.3f}", h["caption"] or "")
+        out.print(table)
 
     run_or_exit(go)

@@ -1,7 +1,8 @@
 """Zero-shot methods, one module each, registered by name (``@register_method``).
 
 Two kinds (``zsclip.methods.base``): prompt methods ``build(ctx) -> PromptSet`` (class names, CbD
-descriptions, WaffleCLIP, CuPL) and fitted methods ``fit(ctx)`` then ``scores`` / ``explain`` (DDS). The CLI,
+descriptions, WaffleCLIP, CuPL, REAL-Prompt) and fitted methods ``fit(ctx)`` then ``scores`` / ``explain``
+(DDS, REAL-Linear). The CLI,
 ``explain``, the audit, the claims table and search jobs construct them through the registry:
 ``make_method(name, **params)``; ``parse_params`` reads ``--param NAME=VALUE`` options against each method's
 declared parameters.
@@ -24,10 +25,11 @@ from .cupl import CuplPrompts
 from .dds import DDS
 from .descriptions import DescriptorPrompts
 from .pool import DescriptionPool, resolve_descriptors
+from .real import RealLinear, RealPrompt
 from .waffle import WafflePrompts
 
 __all__ = [
     "DDS", "ClassNamePrompts", "CuplPrompts", "DescriptionPool", "DescriptorPrompts", "Method", "Param",
-    "ParameterError", "WafflePrompts", "describe_method", "jsonable_params", "list_methods", "make_method",
-    "method_class", "parse_params", "register_method", "resolve_descriptors",
+    "ParameterError", "RealLinear", "RealPrompt", "WafflePrompts", "describe_method", "jsonable_params",
+    "list_methods", "make_method", "method_class", "parse_params", "register_method", "resolve_descriptors",
 ]

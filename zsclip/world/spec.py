@@ -360,6 +360,7 @@ def dataset_card(world: World) -> dict[str, Any]:
         "model": "toyworld",
         "descriptors": "toyworld/descriptors.json",
         "cupl": "toyworld/descriptors_cupl_oracle.json",
+        "synonyms": "toyworld/synonyms.json",
         "templates": [
             "a photo of a {}.",
             "a sketch of a {}.",

@@ -1,0 +1,282 @@
+"""REAL-Prompt's name rule, retrieval ranking, REAL-Linear's training and WiSE-FT wiring, and the LAION-layout
+corpus run end to end through the CLI (count → real-prompt → real-linear), with bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fixtures_data import make_cub_folder
+from fixtures_real import make_clip_retrieval, make_laion_metadata, nickname
+from typer.testing import CliRunner
+
+from zsclip.cli import app
+from zsclip.context import RunContext
+from zsclip.corpus import Corpus
+from zsclip.datasets import get_dataset
+from zsclip.errors import ZsclipError
+from zsclip.methods import make_method
+from zsclip.pipeline import run_method
+from zsclip.real import (
+    WARMUP_STEPS,
+    ClassCounts,
+    choose_name,
+    lr_at,
+    rank_candidates,
+    replacements,
+    retrieve_string,
+    total_steps,
+    train_head,
+)
+
+runner = CliRunner()
+
+
+# -- REAL-Prompt's rule -----------------------------------------------------------------------------------
+def test_relaxed_rule_takes_the_most_frequent_name_unless_its_words_are_a_strict_subset():
+    assert choose_name("krell vorlick", {"krell vorlick": 10, "snaiky": 40}) == "snaiky"
+    # a name trap: the genus word is more frequent but its words are a subset of the official name's
+    assert choose_name("krell vorlick", {"krell vorlick": 10, "vorlick": 900}) == "krell vorlick"
+    assert choose_name("krell vorlick", {"krell vorlick": 10, "vorlick": 900}, strict=True) == "vorlick"
+    # the same word set in another order or case counts as equal, so it is taken
+    assert choose_name("krell vorlick", {"krell vorlick": 1, "Vorlick-Krell": 5}) == "Vorlick-Krell"
+    # no fall-through: the second most frequent name is never used
+    assert choose_name("krell vorlick", {"krell vorlick": 1, "vorlick": 9, "snaiky": 8}) == "krell vorlick"
+
+
+def test_ties_go_to_the_official_name_then_to_the_first_listed():
+    assert choose_name("a b", {"x": 5, "a b": 5, "y": 5}) == "a b"
+    assert choose_name("a b", {"x": 5, "y": 5, "a b": 1}) == "x"
+    assert choose_name("a b", {}) == "a b"
+
+
+def test_replacements_list_every_renaming_with_both_counts():
+    counts = [ClassCounts("krell vorlick", {"krell vorlick": 3, "snaiky": 9}),
+              ClassCounts("dun vorlick", {"dun vorlick": 3, "vorlick": 90})]
+    chosen, changed = replacements(["Krell Vorlick", "dun vorlick"], counts, strict=False)
+    assert chosen == ["snaiky", "dun vorlick"]
+    assert changed == [{"class": "Krell Vorlick", "official_count": 3, "chosen": "snaiky", "chosen_count": 9}]
+
+
+# -- retrieval ranking ----------------------------------------------------------------------------------------
+def test_ranking_is_the_mean_cosine_over_names_top_n_with_nonnegative_score():
+    rng = np.random.default_rng(0)
+    caps, names = rng.normal(size=(40, 8)), rng.normal(size=(3, 8))
+    pos, scores = rank_candidates(caps, names, n=10)
+    cu = caps / np.linalg.norm(caps, axis=1, keepdims=True)
+    nu = names / np.linalg.norm(names, axis=1, keepdims=True)
+    direct = (cu @ nu.T).mean(axis=1)
+    expected = [i for i in np.argsort(-direct, kind="stable") if direct[i] >= 0][:10]
+    assert pos.tolist() == expected
+    np.testing.assert_allclose(scores, direct[expected], rtol=1e-5)
+    assert len(rank_candidates(-np.abs(caps), np.abs(names), n=10)[0]) == 0  # all negative: nothing kept
+
+
+def test_string_retrieval_uses_text_emb_and_matches_the_direct_computation(tmp_path):
+    names = ["blue jay", "red fox", "snow owl"]
+    folder = make_clip_retrieval(tmp_path / "c", names, dim=16)
+    corpus = Corpus.open(folder)
+    rng = np.random.default_rng(1)
+    name_emb = [rng.normal(size=(1, 16)).astype(np.float32) for _ in names]
+
+    def no_encoding(texts):
+        raise AssertionError("text_emb exists: captions must not be encoded")
+
+    got = retrieve_string(corpus, [[n] for n in names], name_emb, n=5, seed=0, encode=no_encoding)
+    caps = corpus.captions(np.arange(corpus.num_rows))
+    text = corpus.embeddings(np.arange(corpus.num_rows), "text").astype(np.float32)
+    for c, name in enumerate(names):
+        rows = np.array([r for r, t in enumerate(caps) if name in t.lower()], dtype=np.int64)
+        if not len(rows):
+            assert not (got.labels == c).any()
+            continue
+        rows = np.random.default_rng([0, c]).permutation(rows)
+        t = text[rows] / np.linalg.norm(text[rows], axis=1, keepdims=True)
+        e = name_emb[c][0] / np.linalg.norm(name_emb[c][0])
+        s = t @ e
+        keep = [i for i in np.argsort(-s, kind="stable") if s[i] >= 0][:5]
+        assert got.rows[got.labels == c].tolist() == rows[keep].tolist()
+    assert got.per_class(3)[2] == 0  # the last class is never named
+
+
+# -- training -----------------------------------------------------------------------------------------------
+def test_step_count_and_warmup_then_cosine_schedule():
+    assert total_steps(500, 100) == 500 * 100 * 10 // 32
+    assert total_steps(500, 1000) == 32_000 and total_steps(500, 1000, cap=100) == 100
+    assert lr_at(0, 1000) == pytest.approx(1e-4 / WARMUP_STEPS)
+    assert lr_at(WARMUP_STEPS - 1, 1000) == pytest.approx(1e-4)
+    assert lr_at(WARMUP_STEPS, 1000) == pytest.approx(1e-4)
+    assert lr_at(WARMUP_STEPS + (1000 - WARMUP_STEPS) // 2, 1000) == pytest.approx(5e-5)
+    lrs = [lr_at(s, 1000) for s in range(WARMUP_STEPS, 1000)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 1e-7
+
+
+def test_training_is_deterministic_for_a_seed_and_learns():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    y = np.repeat(np.arange(4), 40)
+    x = centres[y] + 0.8 * rng.normal(size=(160, 16))
+    text, tl = centres + 0.1 * rng.normal(size=(4, 16)), np.arange(4)
+    init = rng.normal(size=(4, 16)).astype(np.float32)
+    init /= np.linalg.norm(init, axis=1, keepdims=True)
+    a = train_head(x, y, text, tl, init, steps=400, seed=3)
+    b = train_head(x, y, text, tl, init, steps=400, seed=3)
+    c = train_head(x, y, text, tl, init, steps=400, seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    xu = x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def loss(w):  # the training objective on the image features
+        z = 100 * xu @ w.T
+        z -= z.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+
+    assert loss(a) < 0.95 * loss(init)
+
+
+# -- the method on a dataset ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cub(tmp_path_factory):
+    root = make_cub_folder(tmp_path_factory.mktemp("real") / "data", n_classes=4, images_per_class=6)
+    return get_dataset("cub", root)
+
+
+@pytest.fixture(scope="module")
+def cub_corpus(cub, tmp_path_factory):
+    return make_clip_retrieval(tmp_path_factory.mktemp("real-corpus") / "c", cub.classnames, dim=32)
+
+
+def test_wise_ft_wiring_alpha_zero_is_real_prompt_and_empty_classes_fall_back(cub, cub_corpus, tiny_encoder):
+    ctx = RunContext(cub, tiny_encoder)
+    zero = run_method(ctx, make_method("real-linear", corpus=str(cub_corpus), alpha=0.0, steps=30)).classifiers[0]
+    prompt = run_method(ctx, make_method("real-prompt", corpus=str(cub_corpus))).classifiers[0]
+    full = run_method(ctx, make_method("real-linear", corpus=str(cub_corpus), alpha=1.0, steps=30)).classifiers[0]
+    half = run_method(ctx, make_method("real-linear", corpus=str(cub_corpus), alpha=0.5, steps=30)).classifiers[0]
+    v = np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32)
+    np.testing.assert_allclose(zero.scores(v), prompt.scores(v), atol=1e-5)
+    np.testing.assert_allclose(half.head_.weights, 0.5 * zero.head_.weights + 0.5 * full.head_.weights, atol=1e-6)
+    last = len(cub.classnames) - 1  # never named in the corpus: its weight stays the zero-shot one
+    assert half.fit_info_["classes_without_images"] == [cub.classnames[last]]
+    assert half.fit_info_["zero_shot_fallbacks"] == 1
+    np.testing.assert_allclose(full.head_.weights[last], zero.head_.weights[last], atol=1e-6)
+    assert not np.allclose(full.head_.weights[0], zero.head_.weights[0])
+    # the retrieved set is saved with provenance and reused; the head is saved and loads back
+    again = run_method(ctx, make_method("real-linear", corpus=str(cub_corpus), alpha=0.5, steps=30)).classifiers[0]
+    assert again.fit_info_["retrieved_reused"] and not again.fit_info_["head_trained"]
+    np.testing.assert_array_equal(again.head_.weights, half.head_.weights)
+    import pyarrow.parquet as pq
+
+    saved = pq.read_table(half.fit_info_["retrieved_set"])
+    assert saved.column_names == ["row", "class", "caption", "score"]
+    assert all(cub.classnames[c].lower() in t.lower() or nickname(cub.classnames[0]) in t
+               for c, t in zip(saved.column("class").to_pylist(), saved.column("caption").to_pylist()))
+
+
+def test_knn_retrieval_and_corpus_search(cub, cub_corpus, tiny_encoder, tiny_model):
+    ctx = RunContext(cub, tiny_encoder)
+    knn = run_method(ctx, make_method("real-linear", corpus=str(cub_corpus), retrieval="knn", n=5,
+                                      steps=20)).classifiers[0]
+    assert knn.fit_info_["retrieved_images"] > 0
+    assert (knn.retrieved_.per_class(len(cub.classnames)) <= 5).all()
+    assert list((cub_corpus / "index").glob("image-*.faiss"))  # the index is kept next to the corpus
+    res = runner.invoke(app, ["corpus", "search", "a photo of a bird", "--corpus", str(cub_corpus), "-k", "3",
+                              "--model", tiny_model["name"], "--pretrained", str(tiny_model["checkpoint"]),
+                              "--device", "cpu", "--json"])
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.output)
+    assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3]
+    caps = Corpus.open(cub_corpus).captions([h["row"] for h in hits])
+    assert [h["caption"] for h in hits] == caps
+
+
+# -- the LAION-layout fixture end to end, and bad inputs -------------------------------------------------------
+def test_laion_fixture_count_then_real_prompt_then_real_linear_via_the_cli(cub, cub_corpus, tiny_model, tmp_path):
+    raw = make_laion_metadata(tmp_path / "laion", cub.classnames)
+    synonyms = tmp_path / "syn.json"
+    synonyms.write_text(json.dumps({str(i): {"name": c, "alternates": {c: None, nickname(c): None}}
+                                    for i, c in enumerate(cub.classnames)}))
+    metrics = tmp_path / "metrics.json"
+    res = runner.invoke(app, ["corpus", "count", "--corpus", str(raw), "--synonyms", str(synonyms), "-o", str(metrics),
+                              "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    counted = json.loads(metrics.read_text())
+    assert counted["0"]["alternates"][nickname(cub.classnames[0])] == 9  # 3 of 4 captions of class 0
+    base = ["classify", "-d", "cub", "--dataset-root", str(cub.root), "--model", tiny_model["name"],
+            "--pretrained", str(tiny_model["checkpoint"]), "--device", "cpu"]
+    rp = tmp_path / "rp.json"
+    res = runner.invoke(app, [*base, "-m", "real-prompt", "-p", f"metrics={metrics}", "-o", str(rp)])
+    assert res.exit_code == 0, res.output
+    info = json.loads(rp.read_text())["fit_info"]
+    assert info["replacements"] == [{"class": cub.classnames[0], "official_count": 3,
+                                     "chosen": nickname(cub.classnames[0]), "chosen_count": 9}]
+    rl = tmp_path / "rl.json"
+    res = runner.invoke(app, [*base, "-m", "real-linear", "-p", f"corpus={cub_corpus}", "-p", f"metrics={metrics}",
+                              "-p", "steps=20", "-o", str(rl)])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(rl.read_text())
+    assert rec["fit_info"]["retrieved_images"] > 0 and rec["fit_info"]["renamed"] == 1
+    assert rec["method"]["params"]["corpus"] == str(cub_corpus)
+
+
+def test_bad_inputs_get_clear_errors(cub, tiny_model, tmp_path):
+    base = ["classify", "-d", "cub", "--dataset-root", str(cub.root), "--model", tiny_model["name"],
+            "--pretrained", str(tiny_model["checkpoint"]), "--device", "cpu", "-m", "real-linear"]
+    # misaligned shards
+    bad = make_clip_retrieval(tmp_path / "bad", cub.classnames, dim=32)
+    np.save(bad / "img_emb" / "img_emb_0.npy", np.zeros((3, 32), np.float16))
+    res = runner.invoke(app, [*base, "-p", f"corpus={bad}"])
+    assert res.exit_code == 2 and "misaligned shard" in res.output
+    # missing caption column
+    raw = make_laion_metadata(tmp_path / "raw", cub.classnames)
+    res = runner.invoke(app, ["corpus", "count", "--corpus", str(raw), "--caption-column", "caption",
+                              "--synonyms", str(tmp_path / "none.json"), "-o", str(tmp_path / "m.json")])
+    assert res.exit_code == 2
+    # empty corpus
+    (tmp_path / "empty" / "metadata").mkdir(parents=True)
+    res = runner.invoke(app, [*base, "-p", f"corpus={tmp_path / 'empty'}"])
+    assert res.exit_code == 2 and "empty corpus" in res.output
+    # no corpus at all, a corpus without image embeddings, a model of another dimension
+    res = runner.invoke(app, base)
+    assert res.exit_code == 2 and "corpus=DIR" in res.output
+    other = make_clip_retrieval(tmp_path / "d16", cub.classnames, dim=16)
+    res = runner.invoke(app, [*base, "-p", f"corpus={other}"])
+    assert res.exit_code == 2 and "another model" in res.output
+    # real-prompt on a dataset without synonyms and no metrics/corpus
+    res = runner.invoke(app, [*base[:-1], "real-prompt"])
+    assert res.exit_code == 2 and "metrics=FILE" in res.output
+    # a synonym file without counts and no corpus
+    syn = tmp_path / "syn.json"
+    syn.write_text(json.dumps({"0": {"name": cub.classnames[0], "alternates": {"x": None}}}))
+    with pytest.raises(ZsclipError, match="has no count"):
+        from zsclip.real import counts_from_metrics
+
+        counts_from_metrics(syn)
+
+
+def test_a_corpus_where_no_class_matches_falls_back_to_zero_shot(cub, tiny_encoder, tmp_path):
+    from zsclip.corpus import write_clip_retrieval
+
+    folder = write_clip_retrieval(tmp_path / "none", ["a landscape", "a tree"],
+                                  np.random.default_rng(0).normal(size=(2, 32)))
+    ctx = RunContext(cub, tiny_encoder)
+    clf = run_method(ctx, make_method("real-linear", corpus=str(folder), steps=10)).classifiers[0]
+    prompt = run_method(ctx, make_method("real-prompt", corpus=str(folder))).classifiers[0]
+    assert clf.fit_info_["zero_shot_fallbacks"] == len(cub.classnames)
+    v = np.random.default_rng(1).normal(size=(3, 32)).astype(np.float32)
+    np.testing.assert_allclose(clf.scores(v), prompt.scores(v), atol=1e-5)
+
+
+def test_subset_names_option_and_class_balanced_training():
+    from zsclip.methods.real import retrieval_names
+
+    names = ["krell vorlick", "vorlick", "snaiky", "krell"]
+    assert retrieval_names("krell vorlick", names, "keep") == names
+    assert retrieval_names("krell vorlick", names, "drop") == ["krell vorlick", "snaiky"]
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 60 + [1] * 4)
+    x = rng.normal(size=(64, 8))
+    init = rng.normal(size=(2, 8)).astype(np.float32)
+    a = train_head(x, y, x[:2], np.arange(2), init, steps=60, seed=1, balance="class")
+    np.testing.assert_array_equal(a, train_head(x, y, x[:2], np.arange(2), init, steps=60, seed=1, balance="class"))
+    assert not np.array_equal(a, train_head(x, y, x[:2], np.arange(2), init, steps=60, seed=1))
