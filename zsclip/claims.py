@@ -25,9 +25,11 @@ import numpy as np
 
 from .context import RunContext
 from .datasets import get_dataset
+from .errors import ZsclipError
 from .heads import train_linear_probe
 from .methods import jsonable_params, make_method
 from .models import load_model
+from .paths import cache_root
 from .pipeline import classify
 from .records import Record
 from .scoring import mean_std
@@ -48,8 +50,19 @@ class Row:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-#: where the REAL-Linear rows read the toy world's exported corpus (`zsclip world corpus --out DIR`)
-REAL_CORPUS = os.environ.get("ZSCLIP_TOYWORLD_CORPUS", str(Path("~/.cache/zsclip/toyworld-corpus").expanduser()))
+#: the REAL-Linear rows' ``corpus`` parameter: the toy world's corpus export, found at run time by
+#: ``toyworld_corpus`` ($ZSCLIP_TOYWORLD_CORPUS, else <cache root>/toyworld-corpus)
+REAL_CORPUS = "<toyworld corpus export>"
+
+
+def toyworld_corpus() -> str:
+    """Where the REAL-Linear rows read the toy world's exported corpus; a clear error when it is not there."""
+    path = Path(os.environ.get("ZSCLIP_TOYWORLD_CORPUS") or cache_root() / "toyworld-corpus").expanduser()
+    if not (path / "metadata").is_dir():
+        raise ZsclipError(f"the REAL-Linear rows need the toy world's corpus in the clip-retrieval layout at {path}: "
+                          f"make it with `zsclip world corpus --out {path}` (about 10 min on 2 cores), or point "
+                          "ZSCLIP_TOYWORLD_CORPUS at an export")
+    return str(path)
 
 DEFAULT_ROWS = (
     Row('class names, "a photo of a {}."', "classnames", {"templates": "simple"}),
@@ -91,7 +104,8 @@ def claims_table(model: str = "toyworld", rows: Sequence[Row] = DEFAULT_ROWS, sp
     encoder = load_model(model, None, device=device)
     results = []
     for row in rows:
-        run = classify(ds, make_method(row.method, **row.params), split=split, model=encoder)
+        params = {k: (toyworld_corpus() if v == REAL_CORPUS else v) for k, v in row.params.items()}
+        run = classify(ds, make_method(row.method, **params), split=split, model=encoder)
         per_seed = [_tier_accuracy(sc.argmax(axis=1) == run.labels, run.labels, tiers) for sc in run.seed_scores]
         if len(per_seed) == 1:
             top1: dict[str, Any] = per_seed[0]
