@@ -493,6 +493,32 @@ def store_info(path: Annotated[Path, typer.Argument(help="Image store folder.")]
     run_or_exit(go)
 
 
+@store_app.command("search")
+def store_search(
+    text: Annotated[list[str], typer.Argument(help="Text(s) to search for.")],
+    store: Annotated[Path, typer.Option("--store", help="Image store folder.")],
+    k: Annotated[int, typer.Option("-k", help="Nearest images per text.")] = 5,
+    device: DeviceOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")] = False,
+) -> None:
+    """The store's images nearest to TEXT (its FAISS index; TEXT encoded by the model the store names)."""
+
+    def go() -> None:
+        from .store_search import search_store
+
+        hits = search_store(text, store, k, device=device)
+        if as_json:
+            out.print_json(json.dumps(hits))
+            return
+        table = Table("query", "rank", "row", "score", "label", "path")
+        for h in hits:
+            table.add_row(escape(h["query"]), str(h["rank"]), str(h["row"]), f"{h['score']:.3f}", str(h["label"]),
+                          escape(h["path"]))
+        out.print(table)
+
+    run_or_exit(go)
+
+
 @store_app.command("list")
 def store_list() -> None:
     """The image stores under the cache root ($ZSCLIP_HOME/stores): path, dataset, split, model, images."""

@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from .cli_common import ModelOpt, PretrainedOpt, err, out, run_or_exit
+from .generate_cli import BaseUrlOpt, LLMOpt, MaxCallsOpt, MaxCostOpt, RefreshOpt, RetriesOpt, TimeoutOpt
 
 app = typer.Typer(help="Caption corpora (LAION metadata shards, clip-retrieval folders): inspect, count names, "
                   "search.",
@@ -132,6 +133,66 @@ def info(
         if manifest:
             opened.write_manifest(manifest)
             out.print(f"manifest: {manifest}")
+
+    run_or_exit(go)
+
+
+@app.command()
+def relevance(
+    corpus: CorpusOpt,
+    synonyms: Annotated[Path, typer.Option("--synonyms", help="REAL synonym or metrics JSON (`zsclip synonyms`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Relevance JSON to write.")],
+    llm: LLMOpt = None,
+    base_url: BaseUrlOpt = None,
+    concept: Annotated[str, typer.Option(
+        help="How the question names the class; {name} is its official name, e.g. 'the bird {name}'.")] = "{name}",
+    prefix: Annotated[str | None, typer.Option(
+        "--prefix", help="Word(s) every matching caption must also contain (as for `corpus count`).")] = None,
+    min_judged: Annotated[int, typer.Option(help="Judge at least this many captions per class ...")] = 1000,
+    min_yes: Annotated[int, typer.Option(help="... with at least this many yes answers ...")] = 200,
+    max_judged: Annotated[int, typer.Option(help="... or stop at this many judged.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the order in which a class's captions are judged.")] = 0,
+    caption_column: CaptionOpt = None,
+    pattern: PatternOpt = None,
+    nsfw_filter: NsfwOpt = NsfwChoice.none,
+    max_calls: MaxCallsOpt = None,
+    max_cost: MaxCostOpt = None,
+    refresh: RefreshOpt = False,
+    timeout: TimeoutOpt = 120.0,
+    retries: RetriesOpt = 6,
+) -> None:
+    """REAL's relevance filter: ask an LLM whether sampled matching captions mean the class, estimate each
+    class's relevant captions (yes-rate × actual_freq) and mark the tail (the 20% with the fewest).
+
+    An answer counts as yes only when it is exactly "yes" (case and surrounding punctuation ignored). Every
+    answer is cached: a budget stop (--max-calls, --max-cost) resumes when the command is run again.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+    def go() -> None:
+        from ._io import write_json_atomic
+        from .corpus_count import read_synonyms
+        from .generate_cli import _client
+        from .relevance import judge_relevance, relevance_report
+
+        classes = read_synonyms(synonyms)
+        opened = _open(corpus, caption_column, pattern, nsfw_filter)
+        with _client(llm, base_url, max_calls, max_cost, refresh, timeout, retries) as client:
+            results = judge_relevance(opened, classes, client, concept=concept, prefix=prefix, seed=seed,
+                                      min_judged=min_judged, min_yes=min_yes, max_judged=max_judged)
+            line = client.accounting.summary()
+            params = {"corpus": str(corpus), "synonyms": str(synonyms), "llm": client.model, "concept": concept,
+                      "prefix": prefix, "seed": seed, "min_judged": min_judged, "min_yes": min_yes,
+                      "max_judged": max_judged, "accounting": client.accounting.as_dict()}
+        report = relevance_report(results, params)
+        write_json_atomic(output, report)
+        judged = sum(r.judged for r in results)
+        failed = sum(r.failed for r in results)
+        out.print(f"{len(results)} classes, {judged:,} captions judged"
+                  + (f" ({failed} questions failed)" if failed else "") + f"; {line}", highlight=False)
+        names = [report["classes"][k]["name"] for k in report["tail"]]
+        out.print(f"tail ({len(names)} classes): {', '.join(names)}", highlight=False)
+        out.print(f"relevance: {output}")
 
     run_or_exit(go)
 

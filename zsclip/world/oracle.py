@@ -7,7 +7,10 @@ the answer from the species' true attributes and names, spoiled on purpose at co
 ``generic_rate`` share of answers are true of every creature ("has eyes") and a ``wrong_rate`` share are
 wrong (an attribute value the species does not have, a made-up synonym). Template requests (the prompt
 searches') are answered by ``template_oracle.template_reply``: variations of the templates the request
-calls good, avoiding what only the bad ones say, with an invalid template at ``wrong_rate``.
+calls good, avoiding what only the bad ones say, with an invalid template at ``wrong_rate``. REAL's
+relevance questions ("Does the 'X' in '<caption>' refer to <species>? (Yes/No)") are answered from the
+caption's true species, looked up by caption text in a corpus export's metadata (``caption_species``),
+with the answer flipped at ``relevance_error_rate``.
 Answers are deterministic per (class, kind, prompt, request seed), so the generation jobs, their cache and
 their parsers can be tested end to end, and the methods that use generated descriptors can be checked
 against a known truth (``judge_descriptor``).
@@ -27,12 +30,16 @@ import os
 import random
 import re
 import signal
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..chat_server import ChatServer, Refusal, Responder, message_text
+from ..errors import ZsclipError
 from .spec import (
     _ATTRIBUTE_VALUES,
     _GENERIC,
@@ -59,6 +66,11 @@ MODEL_NAME = "oracle"
 DEFAULT_GENERIC_RATE = 0.15
 DEFAULT_WRONG_RATE = 0.1
 _GENERIC_NAMES = ("creature", "critter", "animal", "little beast")
+#: default chance that a relevance answer is wrong
+DEFAULT_RELEVANCE_ERROR_RATE = 0.05
+#: REAL's relevance question (``zsclip.relevance.QUESTION``); the caption is everything between the quotes
+_RELEVANCE = re.compile(r"^Does the '(?P<name>.+?)' in '(?P<caption>.*)' refer to (?P<concept>.+)\? \(Yes/No\)$",
+                        re.DOTALL)
 #: attributes a wrong descriptor may get wrong (shape and distinctive part define the genus: an LLM that
 #: knows the genus gets them right)
 _WRONG_KEYS = tuple(k for k in ATTRIBUTES if k not in ("shape", "part"))
@@ -91,13 +103,20 @@ class Oracle:
 
     ``generic_rate`` and ``wrong_rate`` are the chances that one answer item (a descriptor, a sentence's
     statement, a template, an extra synonym) is generic or wrong instead of true; they must sum to at most 1.
+    ``caption_species`` maps a caption's text to its species index (``caption_species_from_corpus``), for
+    relevance questions; a relevance answer is wrong (flipped) with probability ``relevance_error_rate``.
     """
 
     def __init__(self, world: World, generic_rate: float = DEFAULT_GENERIC_RATE,
-                 wrong_rate: float = DEFAULT_WRONG_RATE) -> None:
+                 wrong_rate: float = DEFAULT_WRONG_RATE, caption_species: Mapping[str, int] | None = None,
+                 relevance_error_rate: float = DEFAULT_RELEVANCE_ERROR_RATE) -> None:
         if not (0 <= generic_rate <= 1 and 0 <= wrong_rate <= 1 and generic_rate + wrong_rate <= 1):
             raise ValueError(f"generic_rate and wrong_rate must be in [0, 1] and sum to at most 1, "
                              f"got {generic_rate} and {wrong_rate}")
+        if not 0 <= relevance_error_rate <= 1:
+            raise ValueError(f"relevance_error_rate must be in [0, 1], got {relevance_error_rate}")
+        self.caption_species = dict(caption_species or {})
+        self.relevance_error_rate = relevance_error_rate
         self.world = world
         self.generic_rate = generic_rate
         self.wrong_rate = wrong_rate
@@ -110,7 +129,10 @@ class Oracle:
 
     @staticmethod
     def prompt_kind(prompt: str) -> str:
-        """Which meta-prompt ``prompt`` is: ``templates``, ``synonyms``, ``contrastive``, ``cbd`` or ``cupl``."""
+        """Which meta-prompt ``prompt`` is: ``relevance``, ``templates``, ``synonyms``, ``contrastive``, ``cbd``
+        or ``cupl``."""
+        if _RELEVANCE.match(prompt.strip()):
+            return "relevance"
         text = prompt.lower()
         if "{}" in prompt and "template" in text:
             return "templates"
@@ -134,6 +156,8 @@ class Oracle:
         """The reply to ``prompt``; ``seed`` (the request's sampling seed) varies repeated samples."""
         kind = self.prompt_kind(prompt)
         digest = hashlib.blake2b(prompt.encode("utf-8"), digest_size=8).hexdigest()
+        if kind == "relevance":
+            return self._relevance(prompt, _unit("oracle", self.world.seed, kind, seed, digest))
         if kind == "templates":
             return template_reply(prompt, _unit("oracle", self.world.seed, kind, seed, digest),
                                   invalid_rate=self.wrong_rate)
@@ -148,6 +172,18 @@ class Oracle:
         others = [s for s in self.world.species if s is not species and re.search(
             rf"\b{re.escape(s.name)}\b", prompt, re.IGNORECASE)] if kind == "contrastive" else []
         return "\n".join(f"- {item.text}" for item in self.descriptor_items(species, rng, others))
+
+    def _relevance(self, prompt: str, rng: random.Random) -> str:
+        """"Yes." when the quoted caption's creature is the asked-about species, else "No." (flipped at
+        ``relevance_error_rate``); ``UNKNOWN_REPLY`` for a caption or species the oracle does not know."""
+        match = _RELEVANCE.match(prompt.strip())
+        assert match is not None  # prompt_kind said so
+        species = self.species_in(match.group("concept"))
+        truth = self.caption_species.get(match.group("caption"))
+        if species is None or truth is None:
+            return UNKNOWN_REPLY
+        right = truth == species.index
+        return "Yes." if right != (rng.random() < self.relevance_error_rate) else "No."
 
     def _kind(self, rng: random.Random) -> str:
         r = rng.random()
@@ -210,6 +246,23 @@ class Oracle:
         return judge_descriptor(self._by_name[classname], descriptor)
 
 
+def caption_species_from_corpus(path: str | Path) -> dict[str, int]:
+    """Caption text → species index from a corpus export's metadata (``zsclip world corpus --out``).
+
+    A caption text written for several species (a few generic ones are) maps to the species that has it
+    most often (the lower index on a tie): the answer a reader of that caption would most likely give.
+    """
+    from ..corpus import Corpus
+
+    corpus = Corpus.open(path)
+    counts: dict[str, Counter[int]] = {}
+    for shard in corpus.shards:
+        table = corpus.read_columns(shard, ["caption", "species"])
+        for caption, species in zip(table.column("caption").to_pylist(), table.column("species").to_pylist()):
+            counts.setdefault(caption, Counter())[int(species)] += 1
+    return {caption: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for caption, c in counts.items()}
+
+
 def judge_descriptor(species: Species, descriptor: str) -> str:
     """Whether ``descriptor`` is ``true`` of ``species``, ``generic`` (true of every species), ``wrong`` (an
     attribute value it does not have) or ``unknown`` (not a toy-world descriptor phrase)."""
@@ -242,16 +295,22 @@ def responder(oracle: Oracle) -> Responder:
 
 
 def make_server(host: str = "127.0.0.1", port: int = 0, seed: int = DEFAULT_SEED,
-                generic_rate: float = DEFAULT_GENERIC_RATE, wrong_rate: float = DEFAULT_WRONG_RATE) -> ChatServer:
-    """An oracle server for the world of ``seed``, bound to ``host:port`` (0: any free port), not yet serving."""
-    oracle = Oracle(build_world(seed), generic_rate, wrong_rate)
+                generic_rate: float = DEFAULT_GENERIC_RATE, wrong_rate: float = DEFAULT_WRONG_RATE,
+                corpus: str | Path | None = None,
+                relevance_error_rate: float = DEFAULT_RELEVANCE_ERROR_RATE) -> ChatServer:
+    """An oracle server for the world of ``seed``, bound to ``host:port`` (0: any free port), not yet serving.
+
+    With ``corpus`` (a corpus export folder) it also answers relevance questions about its captions."""
+    lookup = caption_species_from_corpus(corpus) if corpus is not None else None
+    oracle = Oracle(build_world(seed), generic_rate, wrong_rate, lookup, relevance_error_rate)
     return ChatServer(responder(oracle), host=host, port=port, models=[MODEL_NAME])
 
 
 def serve(host: str = "127.0.0.1", port: int = 0, seed: int = DEFAULT_SEED, *,
-          generic_rate: float = DEFAULT_GENERIC_RATE, wrong_rate: float = DEFAULT_WRONG_RATE) -> ChatServer:
+          generic_rate: float = DEFAULT_GENERIC_RATE, wrong_rate: float = DEFAULT_WRONG_RATE,
+          corpus: str | Path | None = None, relevance_error_rate: float = DEFAULT_RELEVANCE_ERROR_RATE) -> ChatServer:
     """Start an oracle server in a background (daemon) thread and return it (``server.url``, ``server.stop()``)."""
-    server = make_server(host, port, seed, generic_rate, wrong_rate).start()
+    server = make_server(host, port, seed, generic_rate, wrong_rate, corpus, relevance_error_rate).start()
     logger.info("oracle LLM stand-in serving on %s", server.url)
     return server
 
@@ -263,6 +322,11 @@ def llm_serve(
         help="Share of answer items that are generic (true of any creature).")] = DEFAULT_GENERIC_RATE,
     wrong_rate: Annotated[float, typer.Option(
         help="Share of answer items that are wrong (hallucinated).")] = DEFAULT_WRONG_RATE,
+    corpus: Annotated[Path | None, typer.Option(
+        help="Corpus export folder (`zsclip world corpus --out`): answer REAL relevance questions about its "
+        "captions from their true species.")] = None,
+    relevance_error_rate: Annotated[float, typer.Option(
+        help="Share of relevance answers that are wrong.")] = DEFAULT_RELEVANCE_ERROR_RATE,
 ) -> None:
     """Serve the toy world's oracle (a scripted LLM stand-in, not a model) on 127.0.0.1 until stopped.
 
@@ -274,8 +338,8 @@ def llm_serve(
 
     console = Console(stderr=True, soft_wrap=True)
     try:
-        server = make_server("127.0.0.1", port, seed, generic_rate, wrong_rate)
-    except (OSError, ValueError) as exc:
+        server = make_server("127.0.0.1", port, seed, generic_rate, wrong_rate, corpus, relevance_error_rate)
+    except (OSError, ValueError, ZsclipError) as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     pid = os.getpid()
