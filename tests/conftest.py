@@ -76,3 +76,13 @@ def tiny_encoder(tiny_model: dict[str, Path], tmp_path_factory: pytest.TempPathF
 
     os.environ.setdefault("ZSCLIP_HOME", str(tmp_path_factory.mktemp("session-home")))
     return load_model(TINY, str(tiny_model["checkpoint"]), device="cpu")
+
+
+@pytest.fixture()
+def shared_notebook_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One cache root for the notebook tests (their kernels inherit it), so the toy world's test store is
+    rendered once for all notebooks."""
+    home = Path(str(tmp_path_factory.getbasetemp())) / "notebook-home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("ZSCLIP_HOME", str(home))
+    return home

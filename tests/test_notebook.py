@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "explain_descriptors.ipynb"
 
 
-def test_explain_descriptors_notebook_executes():
+def test_explain_descriptors_notebook_executes(shared_notebook_home):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
