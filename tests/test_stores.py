@@ -164,3 +164,56 @@ def test_text_cache_two_processes_write_at_once(tiny_model, tiny_encoder, tmp_pa
     found = cache.lookup(texts_a + texts_b)
     np.testing.assert_allclose(np.stack([found[t] for t in texts_a[:3]]),
                                tiny_encoder.encode_texts(texts_a[:3]), atol=1e-6)
+
+
+def _direct(encoder, dataset, sample):
+    """The embedding of one sample encoded on its own, outside any store."""
+    return encoder.encode_images(encoder.preprocess(dataset.load_image(sample))[None])[0]
+
+
+def test_a_multi_shard_store_matches_a_direct_encode_row_by_row(cub, tiny_encoder, tmp_path):
+    """Shards of 3 and batches of 2 (neither divides the other; the unreadable image opens shard 2): every stored
+    row holds the embedding, label and path of the sample it names, as if that image were encoded alone."""
+    samples = cub.samples("test")
+    store = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "store", shard_size=3, batch_size=2,
+                             dtype="float32")
+    skipped = [i for i, s in enumerate(samples) if open(s.path, "rb").read(4) == b"\x00not"]
+    assert skipped == [3] and len(samples) > 3 * 3  # the unreadable image is in shard 1; four shards or more
+    assert store.sample_indices.tolist() == [i for i in range(len(samples)) if i not in skipped]
+    for row, i in enumerate(store.sample_indices):
+        assert store.paths[row] == samples[i].path and store.labels[row] == samples[i].label
+        np.testing.assert_allclose(store.embeddings[row], _direct(tiny_encoder, cub, samples[i]), atol=1e-5)
+
+
+def test_a_crash_while_writing_a_shard_leaves_no_shard_under_its_name(cub, tiny_encoder, tmp_path, monkeypatch):
+    """Shards are written atomically: a crash half-way through writing shard 1 leaves shard 0 only (and, after a
+    hard kill, a temporary file that the resume removes); the resumed store matches a direct encode."""
+    import io
+
+    real_savez = np.savez
+    calls = {"n": 0}
+
+    def crash_half_way(fh, **arrays):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            buf = io.BytesIO()
+            real_savez(buf, **arrays)
+            fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            fh.flush()
+            raise KeyboardInterrupt("simulated crash while writing")
+        return real_savez(fh, **arrays)
+
+    monkeypatch.setattr(stores_mod.np, "savez", crash_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        ImageStore.build(cub, "test", tiny_encoder, tmp_path / "store", shard_size=4)
+    monkeypatch.setattr(stores_mod.np, "savez", real_savez)
+    build_dir = tmp_path / "store" / "build"
+    assert sorted(p.name for p in build_dir.glob("shard_*")) == ["shard_00000.npz"]
+    (build_dir / ".shard_00001.npz.x1y2z3.npz.tmp").write_bytes(b"PK\x03\x04 half a shard")  # what a kill leaves
+    store = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "store", shard_size=4)
+    samples = cub.samples("test")
+    assert store.build_stats.images_encoded == len(samples) - 4  # shard 0 (with the unreadable image) was reused
+    assert not build_dir.exists()
+    for row, i in enumerate(store.sample_indices):
+        np.testing.assert_allclose(np.asarray(store.embeddings[row], dtype=np.float32),
+                                   _direct(tiny_encoder, cub, samples[i]), atol=3e-3)
