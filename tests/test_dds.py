@@ -13,6 +13,7 @@ from zsclip.cli import app
 from zsclip.context import RunContext, SplitRoleError
 from zsclip.datasets import get_dataset
 from zsclip.methods.dds import DDS, DDSClassifier, DescriptionPool, select, selection_means
+from zsclip.scoring import evaluate
 
 
 def naive_select(S, hood, own, m):
@@ -243,12 +244,25 @@ def test_selection_means_use_the_first_n_images_of_each_class_in_store_order():
     np.testing.assert_allclose(means[:, 0], [(1 + 3 + 6) / 3, (2 + 5 + 8) / 3, (0 + 4 + 7) / 3])
 
 
-def test_dds_fits_s_on_the_first_n_fit_images_and_w_on_the_choose_role(cub_with_descriptions, tiny_encoder):
+def test_dds_fits_s_on_the_first_n_fit_images_and_w_on_the_choose_role(cub_with_descriptions, tiny_encoder,
+                                                                      monkeypatch):
     """S is the pool's cosine with the mean of each class's first n fit images; each w of the grid is scored on the
-    choose role's images, and the best (ties: the smaller w) is used."""
+    choose role's images (and only those), and the best (ties: the smaller w) is used."""
+    import zsclip.methods.dds as dds_mod
+
     ds, desc = cub_with_descriptions
     ctx = RunContext(ds, tiny_encoder)
+    scored_labels = []
+
+    def spy(scores, labels, classnames):
+        scored_labels.append(np.asarray(labels).tolist())
+        return evaluate(scores, labels, classnames)
+
+    monkeypatch.setattr(dds_mod, "evaluate", spy)
     dds = DDS(descriptors=desc, n=2, weight_grid=(8.0, 0.0, 1.0, 0.5)).fit(ctx)
+    val_rows = ctx.features("choose").labels.tolist()
+    assert len(val_rows) != len(ctx.features("fit").labels)  # the two roles are told apart by their size
+    assert scored_labels == [val_rows] * 4
     clf = dds.classifier_
     fit = ctx.features("fit")
     first_two = np.stack([fit.embeddings[np.flatnonzero(fit.labels == c)[:2]].mean(axis=0)
