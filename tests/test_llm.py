@@ -282,6 +282,24 @@ def test_cache_key_covers_model_messages_parameters_and_sample():
                 request_key(MODEL, messages, {"temperature": 0.0}, 1)}) == 6
 
 
+def test_the_cache_is_shared_across_server_addresses_and_tells_message_roles_apart():
+    """The same request to the same model is one cache entry wherever the model is served from; the same text
+    under another role is another request."""
+    with ChatServer() as first, ChatServer() as second:
+        assert first.url != second.url
+        make_client(first.url).complete("q")
+        moved = make_client(second.url)
+        assert moved.complete("q").cached and len(second.requests) == 0
+        as_system = moved.complete([{"role": "system", "content": "q"}])
+        assert not as_system.cached and len(second.requests) == 1
+        assert second.requests[0]["messages"] == [{"role": "system", "content": "q"}]
+    user, system = [{"role": "user", "content": "q"}], [{"role": "system", "content": "q"}]
+    assert request_key(MODEL, user, {}, 0) != request_key(MODEL, system, {}, 0)
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    swapped = [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]
+    assert request_key(MODEL, turns, {}, 0) != request_key(MODEL, swapped, {}, 0)
+
+
 def test_temperature_written_as_int_hits_the_same_cache_entry(server):
     make_client(server.url).complete("q", temperature=0)
     again = make_client(server.url)
