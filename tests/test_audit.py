@@ -115,6 +115,9 @@ def test_audit_cli_writes_record_and_plot(folder, tiny_model, tmp_path):
 
     with Image.open(png) as img:
         assert img.size[0] > 600 and img.size[1] > 200
+        colours = {c for _, c in img.convert("RGB").getcolors(maxcolors=1 << 20)}
+    # one colour per kind of description from the truth file (matplotlib's tab:green, tab:grey, tab:red)
+    assert {(44, 160, 44), (127, 127, 127), (214, 39, 40)} <= colours
     bad = CliRunner().invoke(app, ["audit-descriptions", "-d", "folder", "--dataset-root", str(ds.root),
                                    "-p", "reassignment=shuffle"])
     assert bad.exit_code == 2 and "'reassignment' parameter of audit-descriptions must be one of draw, permute" \

@@ -99,8 +99,18 @@ def test_resume_with_other_settings_is_refused(cub, tiny_encoder, tmp_path):
 
 
 def test_ivf_index_factory_and_bad_factory_string(cub, tiny_encoder, tmp_path):
+    import faiss
+
     store = ImageStore.build(cub, "train", tiny_encoder, tmp_path / "ivf", dtype="float32", index="IVF2,Flat")
     assert store.manifest["index"] == "IVF2,Flat" and store.embeddings.dtype == np.float32
+    ivf = faiss.extract_index_ivf(store.index)  # raises unless the store's index is an IVF index
+    assert ivf.nlist == 2 and ivf.ntotal == len(store)
+    ivf.nprobe = 2  # every list: the search is exact, so it must agree with a brute-force inner product
+    vectors = np.asarray(store.embeddings, dtype=np.float32)
+    scores, rows = store.search(vectors, k=3)
+    exact = vectors @ vectors.T
+    np.testing.assert_array_equal(rows[:, 0], np.arange(len(store)))  # each image finds itself first
+    np.testing.assert_allclose(scores, -np.sort(-exact, axis=1)[:, :3], atol=1e-5)
     with pytest.raises(ZsclipError, match="index-factory"):
         ImageStore.build(cub, "train", tiny_encoder, tmp_path / "bad", index="NotAnIndex")
 
