@@ -69,6 +69,9 @@ def _configure(dest: Path, pattern: str, tests: list[str]) -> None:
              f"only_mutate = {quoted([pattern])}\n"
              f"pytest_add_cli_args_test_selection = {quoted(tests)}\n"
              "pytest_add_cli_args = [\"-p\", \"no:cacheprovider\", \"-q\", \"-x\"]\n"
+             # a mutant's tests may take far longer than in the stats run on a shared, loaded machine: a hang is
+             # a verdict only after a minute more than mutmut's estimate
+             "timeout_constant = 60.0\n"
              "also_copy = [\"prompts\", \"datasets\"]\n")
     pyproject.write_text(text, encoding="utf-8")
 
@@ -97,10 +100,12 @@ def _results(dest: Path) -> dict[str, str]:
     return status
 
 
-def run_module(name: str, workdir: Path, sample: int | None, seed: int, children: int, report: Path) -> None:
+def run_module(name: str, workdir: Path, sample: int | None, seed: int, children: int, report: Path,
+               fresh: bool) -> None:
     pattern, tests = MODULES[name]
     dest = workdir / name
-    _copy_repository(dest)
+    if fresh or not (dest / "mutants").is_dir():  # else: resume, mutmut keeps the verdicts it has
+        _copy_repository(dest)
     _configure(dest, pattern, tests)
     names = _generate(dest)
     chosen = sorted(random.Random(seed).sample(names, sample)) if sample and sample < len(names) else names
@@ -128,6 +133,7 @@ def main() -> None:
     parser.add_argument("--children", type=int, default=2, help="mutants run at once")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/zsclip-mutate"))
     parser.add_argument("--report", type=Path, default=Path("mutation-report.txt"))
+    parser.add_argument("--fresh", action="store_true", help="start over (default: resume the module's last run)")
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
     args = parser.parse_args()
     if args.list:
@@ -138,7 +144,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
     for name in args.modules or list(MODULES):
-        run_module(name, args.workdir, args.sample, args.seed, args.children, args.report)
+        run_module(name, args.workdir, args.sample, args.seed, args.children, args.report, args.fresh)
 
 
 if __name__ == "__main__":
