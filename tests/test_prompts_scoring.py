@@ -287,6 +287,7 @@ def test_explanation_roles_scores_and_text_in_every_case():
                                                            ("runner-up", "b")]
     assert "true class: c\n" in wrong.to_text() + "\n" and "(correct)" not in wrong.to_text()
     assert "true: c (score 0.2500)" in wrong.to_text()
+    assert explain(scorer, image, true_label=1).runner_up == "c"  # the runner-up is neither predicted nor true
 
     unlabelled = explain(scorer, image)
     assert (unlabelled.true, unlabelled.runner_up) == (None, "b") and "true class" not in unlabelled.to_text()
