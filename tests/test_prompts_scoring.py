@@ -296,3 +296,16 @@ def test_explanation_roles_scores_and_text_in_every_case():
     assert unlabelled.summary(top=1) == "I saw a a because I saw: a1 (0.750)"
     assert unlabelled.to_records()[0] == {"role": "predicted", "classname": "a", "class_score": 0.75, "label": "a1",
                                           "text": "A1", "similarity": 0.75}
+
+
+def test_explanation_edges_two_classes_four_texts_and_html():
+    """With two classes and a wrong prediction there is no third class: the runner-up is the prediction itself; the
+    summary names the top 3 texts; the HTML table has one row per text, escaped."""
+    e = np.eye(3, dtype=np.float32)
+    ps = PromptSet.from_lists(["a", "b"], [[(f"A{i}", f"<a{i}>") for i in range(4)], [("B", "b")]], "mean", "test")
+    scorer = Scorer(ps, np.stack([e[0], e[0] * 0.9 + e[2] * 0.1, e[0] * 0.8, e[0] * 0.7, e[1]]))
+    expl = explain(scorer, np.array([1.0, 0.2, 0.0], dtype=np.float32), true_label=1)
+    assert (expl.predicted, expl.true, expl.runner_up) == ("a", "b", "a")
+    assert expl.summary() == "I saw a a because I saw: <a0> (1.000), <a1> (0.900), <a2> (0.800)"
+    html = expl._repr_html_()
+    assert html.count("<tr>") == len(expl.rows) + 1 and "&lt;a3&gt;" in html and "<a3>" not in html

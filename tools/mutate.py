@@ -72,6 +72,9 @@ def _configure(dest: Path, pattern: str, tests: list[str]) -> None:
              # a mutant's tests may take far longer than in the stats run on a shared, loaded machine: a hang is
              # a verdict only after a minute more than mutmut's estimate
              "timeout_constant = 60.0\n"
+             # workers forked from a process that ran torch code can deadlock (seen: mean_std mutants stuck on a
+             # futex for minutes); a fork server that has run no test is fork-safe
+             "process_isolation = \"forkserver\"\n"
              "also_copy = [\"prompts\", \"datasets\"]\n")
     pyproject.write_text(text, encoding="utf-8")
 
