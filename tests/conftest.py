@@ -31,6 +31,57 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     return home
 
 
+def _is_loopback(host: object) -> bool:
+    import ipaddress
+
+    if not isinstance(host, str):
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture()
+def no_network(monkeypatch: pytest.MonkeyPatch):
+    """Explicitly offline, for tests that name hub models: the Hugging Face client is told so, and every name
+    lookup or connection to a host other than loopback is refused and recorded; the test fails at teardown if
+    there was any (a library that catches the refusal cannot hide the attempt)."""
+    import socket
+
+    attempts: list[object] = []
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, \
+        socket.getaddrinfo
+
+    def refuse(address: object) -> None:
+        attempts.append(address)
+        raise OSError(f"the test tried to reach {address!r}: tests must not use the network")
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+            refuse(address)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+            refuse(address)
+        return real_connect_ex(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host is not None and not _is_loopback(host.decode() if isinstance(host, bytes) else host):
+            refuse(host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield attempts
+    assert not attempts, f"the test tried to use the network: {attempts}"
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny model's checkpoint file, local-dir folder and HF cache root (with repo ``zsclip/tiny``)."""

@@ -1,4 +1,5 @@
-"""Small on-disk datasets and archives for tests: CUB in its real layout, image folders, tarballs, a server.
+"""Small on-disk datasets and archives for tests: CUB in its real layout, image folders, tarballs, a server;
+and a model-free text encoder for text-cache tests.
 
 Plain functions (import them with ``from fixtures_data import make_cub_folder``); every image is a tiny
 generated JPEG/PNG whose colour and stripe pattern depend on its class, so classes really differ.
@@ -13,6 +14,7 @@ import io
 import random
 import tarfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -286,3 +288,42 @@ def _write_lines(path: Path, lines: list[str]) -> None:
     """Write ``lines`` with a trailing newline, as CUB's text files are."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+class HashTextEncoder:
+    """A text encoder stand-in for text-cache tests that need no model: each text's vector is a fixed unit vector
+    drawn from a hash of the text (cheap to load in a child process).
+
+    ``rendezvous`` (a folder and a name): the first ``encode_texts`` call writes a marker file named after this
+    encoder and waits until every marker named in ``rendezvous[2]`` is there, so several processes are all
+    inside ``encode_texts`` (between reading the cache and writing it) at the same moment.
+    """
+
+    fingerprint = "hash-text-encoder-v1"
+    embed_dim = 32
+
+    def __init__(self, rendezvous: tuple[str, str, Sequence[str]] | None = None) -> None:
+        self.rendezvous = rendezvous
+        self.calls = 0
+
+    def vector(self, text: str):
+        import hashlib
+
+        import numpy as np
+
+        seed = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+        v = np.random.default_rng(seed).normal(size=self.embed_dim)
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256):
+        import numpy as np
+
+        self.calls += 1
+        if self.rendezvous is not None and self.calls == 1:
+            folder, me, everyone = Path(self.rendezvous[0]), self.rendezvous[1], self.rendezvous[2]
+            (folder / f"{me}.inside").write_text("")
+            for _ in range(120_000):  # a condition, polled; the bound keeps a lost partner from hanging a test run
+                if all((folder / f"{name}.inside").exists() for name in everyone):
+                    break
+                time.sleep(0.005)
+        return np.stack([self.vector(t) for t in texts]) if texts else np.zeros((0, self.embed_dim), np.float32)

@@ -115,7 +115,54 @@ def test_audit_cli_writes_record_and_plot(folder, tiny_model, tmp_path):
 
     with Image.open(png) as img:
         assert img.size[0] > 600 and img.size[1] > 200
+        colours = {c for _, c in img.convert("RGB").getcolors(maxcolors=1 << 20)}
+    # one colour per kind of description from the truth file (matplotlib's tab:green, tab:grey, tab:red)
+    assert {(44, 160, 44), (127, 127, 127), (214, 39, 40)} <= colours
     bad = CliRunner().invoke(app, ["audit-descriptions", "-d", "folder", "--dataset-root", str(ds.root),
                                    "-p", "reassignment=shuffle"])
     assert bad.exit_code == 2 and "'reassignment' parameter of audit-descriptions must be one of draw, permute" \
         in bad.output
+
+
+@pytest.mark.parametrize("mode", ["draw", "permute"])
+def test_the_reassigned_control_scores_reassigned_descriptions(folder, tiny_encoder, monkeypatch, mode):
+    """The control scores each seed's reassignment (not the real assignment again), and the reported mean ± std
+    and weights are those of the reassigned runs."""
+    import zsclip.audit as audit_mod
+    from zsclip.methods.pool import DescriptionPool
+
+    ds, desc = folder
+    scored = []
+    real_class_means = audit_mod._class_means
+
+    def spy(emb, assign, dim):
+        scored.append([list(ids) for ids in assign])
+        return real_class_means(emb, assign, dim)
+
+    monkeypatch.setattr(audit_mod, "_class_means", spy)
+    record = DescriptionAudit(descriptors=str(desc), seeds=3, reassignment=mode).run(RunContext(ds, tiny_encoder))
+    own = json.loads(desc.read_text())
+    pool = DescriptionPool.from_lists([own[c] for c in ds.classnames])
+    per_class = [list(ids) for ids in pool.own]
+    expected = [reassign(per_class, len(pool.texts), np.random.default_rng(s), mode) for s in range(3)]
+    for e in expected:  # every seed really moves descriptions
+        assert any(set(got) != set(mine) for got, mine in zip(e, per_class))
+    assert scored == [per_class, *expected]
+    # the reported numbers are those of the reassigned runs, recomputed here from the expected assignments
+    ctx = RunContext(ds, tiny_encoder)
+    val = ctx.features("choose")
+    with ctx.evaluating():
+        test = ctx.features("eval")
+    pool_emb = tiny_encoder.encode_texts(list(pool.texts))
+    names = tiny_encoder.encode_texts([format_template("a photo of a {}.", c) for c in ds.classnames])
+    weights, top1s = [], []
+    for assign in expected:
+        means = np.stack([pool_emb[ids].mean(axis=0) for ids in assign])
+        top1 = {w: [100 * float(((w * v.embeddings @ names.T + v.embeddings @ means.T).argmax(1) == v.labels).mean())
+                    for v in (val, test)] for w in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)}
+        w = max(top1, key=lambda w: (top1[w][0], -w))
+        weights.append(w)
+        top1s.append(top1[w][1])
+    cf = record.results["classname_free"]["reassigned"]
+    assert cf["weights"] == weights
+    assert cf["top1"] == pytest.approx([np.mean(top1s), np.std(top1s)], abs=1e-6)

@@ -122,7 +122,7 @@ def test_mismatched_descriptor_file_lists_the_classes(cub_root, tiny_model, tmp_
     assert "closest in file: 'black footed albatros'" in text and "'Penguin' matches no class" in text
 
 
-def test_missing_weights_and_missing_dataset(tmp_path):
+def test_missing_weights_and_missing_dataset(tmp_path, no_network):
     res = runner.invoke(app, ["classify", "-d", "folder", "--dataset-root", str(tmp_path / "none")])
     assert res.exit_code == 2 and str(tmp_path / "none") in " ".join(res.output.split())
     root = make_cub_folder(tmp_path / "c", n_classes=2, images_per_class=2)

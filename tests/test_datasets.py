@@ -351,11 +351,11 @@ def test_download_file_checks_the_checksum(served_cub: tuple[Path, str], tmp_pat
 
 
 def test_download_file_unreachable_server(tmp_path: Path) -> None:
-    with socket.socket() as sock:
+    with socket.socket() as sock:  # bound but not listening for the whole test: refused, and no one else can take it
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(DatasetError, match=f"could not download http://127.0.0.1:{port}/x.tgz"):
-        download_file(f"http://127.0.0.1:{port}/x.tgz", tmp_path / "x.tgz")
+        with pytest.raises(DatasetError, match=f"could not download http://127.0.0.1:{port}/x.tgz"):
+            download_file(f"http://127.0.0.1:{port}/x.tgz", tmp_path / "x.tgz")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from zsclip.cli import app
 from zsclip.context import RunContext, SplitRoleError
 from zsclip.datasets import get_dataset
-from zsclip.methods.dds import DDS, DDSClassifier, DescriptionPool, select
+from zsclip.methods.dds import DDS, DDSClassifier, DescriptionPool, select, selection_means
+from zsclip.scoring import evaluate
 
 
 def naive_select(S, hood, own, m):
@@ -193,3 +194,100 @@ def test_classname_free_averages_only_the_selected_descriptions():
             some_short |= 0 < len(picked) < 4
             assert scores[i, c] == pytest.approx(np.mean(clf.pool_emb[picked] @ v) + 10.0, abs=1e-5)
     assert some_short
+
+
+# -- pinned at the method / pipeline level: what reaches the classifier, and what it is fitted on --------------
+
+@pytest.fixture()
+def cub_with_descriptions(tmp_path):
+    """A CUB fixture with 3 descriptions per class (so m=5 selections are short and padded) and distinct splits."""
+    root = make_cub_folder(tmp_path / "cub", n_classes=5, images_per_class=8)
+    ds = get_dataset("cub", root)
+    desc = {n: [f"feature {i}", f"pattern {i % 2}", "a bird"] for i, n in enumerate(ds.classnames)}
+    return ds, desc
+
+
+def test_classname_form_mean_and_max_reach_the_scores_through_the_pipeline(cub_with_descriptions, tiny_encoder):
+    """`classify(..., form=classname, aggregation=max|mean)`: each candidate's score is the max / the padded mean
+    of v·e("A photo of a {c}, {d}.") over its selected descriptions, the texts encoded here directly."""
+    from zsclip.pipeline import classify
+
+    ds, desc = cub_with_descriptions
+    by_aggregation = {}
+    for aggregation in ("mean", "max"):
+        run = classify(ds, "dds", params={"descriptors": desc, "form": "classname", "aggregation": aggregation,
+                                          "k": 3, "m": 5}, model=tiny_encoder)
+        assert run.record.method["params"]["aggregation"] == aggregation
+        clf = run.classifier.classifier_
+        v_all = np.asarray(run.store.embeddings, dtype=np.float32)
+        hoods, chosen, counts = clf.selections(v_all)
+        for i, v in enumerate(v_all):
+            for a, c in enumerate(hoods[i]):
+                picked = [int(d) for d in chosen[i, a] if d >= 0]
+                texts = [f"A photo of a {ds.classnames[c]}, {clf.pool.texts[d]}." for d in picked]
+                sims = tiny_encoder.encode_texts(texts) @ v
+                expected = sims.max() if aggregation == "max" else np.mean([sims[j % len(sims)] for j in range(5)])
+                assert run.scores[i, c] == pytest.approx(expected + 10.0, abs=1e-4)
+        assert (counts < 5).any()  # some selections were padded
+        by_aggregation[aggregation] = run.scores
+    assert not np.allclose(by_aggregation["mean"], by_aggregation["max"])
+
+
+def test_selection_means_use_the_first_n_images_of_each_class_in_store_order():
+    labels = np.array([2, 0, 1, 0, 2, 1, 0, 2, 1, 0])
+    emb = np.arange(10, dtype=np.float32)[:, None] * np.array([[1.0, -1.0]], dtype=np.float32)
+    means, n = selection_means(emb, labels, 3, 2)
+    assert n == 2
+    np.testing.assert_allclose(means[:, 0], [(1 + 3) / 2, (2 + 5) / 2, (0 + 4) / 2])
+    means, n = selection_means(emb, labels, 3, 1000)  # n is cut to the smallest class (3 images)
+    assert n == 3
+    np.testing.assert_allclose(means[:, 0], [(1 + 3 + 6) / 3, (2 + 5 + 8) / 3, (0 + 4 + 7) / 3])
+
+
+def test_dds_fits_s_on_the_first_n_fit_images_and_w_on_the_choose_role(cub_with_descriptions, tiny_encoder,
+                                                                      monkeypatch):
+    """S is the pool's cosine with the mean of each class's first n fit images; each w of the grid is scored on the
+    choose role's images (and only those), and the best (ties: the smaller w) is used."""
+    import zsclip.methods.dds as dds_mod
+
+    ds, desc = cub_with_descriptions
+    ctx = RunContext(ds, tiny_encoder)
+    scored_labels = []
+
+    def spy(scores, labels, classnames):
+        scored_labels.append(np.asarray(labels).tolist())
+        return evaluate(scores, labels, classnames)
+
+    monkeypatch.setattr(dds_mod, "evaluate", spy)
+    dds = DDS(descriptors=desc, n=2, weight_grid=(8.0, 0.0, 1.0, 0.5)).fit(ctx)
+    val_rows = ctx.features("choose").labels.tolist()
+    assert len(val_rows) != len(ctx.features("fit").labels)  # the two roles are told apart by their size
+    assert scored_labels == [val_rows] * 4
+    clf = dds.classifier_
+    fit = ctx.features("fit")
+    first_two = np.stack([fit.embeddings[np.flatnonzero(fit.labels == c)[:2]].mean(axis=0)
+                          for c in range(len(ds.classnames))])
+    pool_emb = tiny_encoder.encode_texts(list(clf.pool.texts))
+    np.testing.assert_allclose(clf.S_T, (pool_emb @ first_two.T).T, atol=1e-5)
+    assert dds.fit_info_["n_per_class"] == 2
+    val = ctx.features("choose")
+    grid = dds.fit_info_["weight_grid_top1"]
+    for w, top1 in grid.items():
+        clf.weight = float(w)
+        assert top1 == pytest.approx(100 * float((clf.scores(val.embeddings).argmax(1) == val.labels).mean()))
+    best = max(grid, key=lambda w: (grid[w], -float(w)))
+    assert dds.fit_info_["weight_used"] == float(best)
+
+
+def test_the_weight_tie_goes_to_the_smaller_w(cub_with_descriptions, tiny_encoder, monkeypatch):
+    from zsclip.scoring import choose_on_validation
+
+    assert choose_on_validation([4.0, 0.5, 2.0, 1.0], lambda w: 50.0) == (0.5, {"4": 50.0, "0.5": 50.0, "2": 50.0,
+                                                                              "1": 50.0})
+    assert choose_on_validation([4.0, 0.5, 2.0], lambda w: 60.0 if w >= 2 else 40.0)[0] == 2.0
+    import zsclip.methods.dds as dds_mod
+
+    ds, desc = cub_with_descriptions
+    monkeypatch.setattr(dds_mod, "evaluate", lambda *a, **k: {"top1": 42.0})  # every w ties on validation
+    dds = DDS(descriptors=desc, weight_grid=(4.0, 2.0, 0.25, 1.0)).fit(RunContext(ds, tiny_encoder))
+    assert dds.fit_info_["weight_used"] == 0.25 and dds.classifier_.weight == 0.25

@@ -64,6 +64,24 @@ def test_wise_ft_mixes_without_renormalising():
         wise_ft(zs, ClassHead(np.zeros((3, 4)), ("x", "b", "c")))
 
 
+@pytest.mark.parametrize("zs_bias, learned_bias", [(False, True), (True, False), (True, True), (False, False)])
+def test_wise_ft_mixes_the_biases_a_missing_one_counting_as_zero(zs_bias, learned_bias):
+    """A zero-shot head has no bias and a linear probe has one: the mix's bias is alpha · b_learned + (1 − alpha) ·
+    b_zero_shot with a missing bias as 0, and the mixed head scores as the same mix of the two heads' scores."""
+    zs, learned = _head(0, bias=zs_bias), _head(1, bias=learned_bias)
+    mixed = wise_ft(zs, learned, 0.25)
+    zb = zs.bias if zs_bias else np.zeros(3)
+    lb = learned.bias if learned_bias else np.zeros(3)
+    if zs_bias or learned_bias:
+        np.testing.assert_allclose(mixed.bias, 0.25 * lb + 0.75 * zb)
+    else:
+        assert mixed.bias is None
+    v = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
+    np.testing.assert_allclose(mixed.scores(v), 0.25 * learned.scores(v) + 0.75 * zs.scores(v), rtol=1e-5, atol=1e-6)
+    assert mixed.provenance["wise_ft"] == {"alpha": 0.25, "zero_shot": zs.provenance, "learned": learned.provenance}
+    assert mixed.classnames == zs.classnames
+
+
 def test_linear_probe_is_a_head_that_separates_its_training_data():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 8)) * 3

@@ -3,9 +3,11 @@ checks made before a run, and the JSON reader's refusals."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +121,41 @@ def test_read_json_refuses_repeated_keys_and_non_utf8(tmp_path):
     latin.write_bytes('{"Pinson": ["tête noire"]}'.encode("latin-1"))
     with pytest.raises(ZsclipError, match="not UTF-8"):
         read_json(latin)
+
+
+def _make_and_fill(folder: str, barrier, me: int, rounds: int) -> None:
+    """Child process: for each round, wait for the others, then create (or join) that round's database at once."""
+    from zsclip._io import sqlite_connection
+
+    try:
+        for r in range(rounds):
+            barrier.wait()
+            path = Path(folder) / f"round-{r}.sqlite"
+            with sqlite_connection(path) as db:
+                db.execute("CREATE TABLE IF NOT EXISTS rows (key TEXT PRIMARY KEY, who INTEGER)")
+            with sqlite_connection(path) as db:
+                db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?)", [(f"{me}-{i}", me) for i in range(5)])
+    except BaseException:
+        barrier.abort()  # the others stop at once instead of waiting for this process
+        raise
+
+
+def test_processes_creating_one_sqlite_file_at_once_all_succeed(tmp_path):
+    """Switching a new file to WAL is refused at once ("database is locked") while another process switches it;
+    sqlite_connection waits instead. (Without that wait, a run of this test fails more often than not.) Four
+    processes start on each of 40 new files at the same moment."""
+    import multiprocessing as mp
+    import sqlite3
+
+    ctx = mp.get_context("spawn")
+    procs, rounds = 4, 40
+    barrier = ctx.Barrier(procs, timeout=120)
+    children = [ctx.Process(target=_make_and_fill, args=(str(tmp_path), barrier, me, rounds)) for me in range(procs)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=300)
+    assert [child.exitcode for child in children] == [0] * procs
+    for r in range(rounds):
+        with contextlib.closing(sqlite3.connect(tmp_path / f"round-{r}.sqlite")) as db:
+            assert db.execute("SELECT COUNT(*), COUNT(DISTINCT who) FROM rows").fetchone() == (5 * procs, procs)

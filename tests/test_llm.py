@@ -121,10 +121,29 @@ def test_server_error_then_success(server):
 
 
 def test_timeout_then_success(server):
-    server.fault("sleep", seconds=1.0)
-    llm = make_client(server.url, timeout=0.3)
-    assert llm.complete("hi").text == "echo: hi"
+    """The first request is never answered (until the test ends), so it times out whatever the machine's load; the
+    retry is answered."""
+    release = threading.Event()
+    server.responder = _hang_first(release)
+    try:
+        llm = make_client(server.url, timeout=0.3)
+        assert llm.complete("hi").text == "echo: hi"
+    finally:
+        release.set()
     assert len(server.requests) == 2 and llm.accounting.calls == 1 and llm.accounting.retries == 1
+
+
+def _hang_first(release: threading.Event) -> Any:
+    """A responder that holds the first request until ``release`` and answers every later one at once."""
+    first = threading.Event()
+
+    def respond(body: dict[str, Any]) -> str:
+        if not first.is_set():
+            first.set()
+            release.wait()
+        return "echo: " + body["messages"][-1]["content"]
+
+    return respond
 
 
 @pytest.mark.parametrize("kind", ["short_body", "cut_json"])
@@ -211,16 +230,25 @@ def test_max_cost_stops_before_the_call_that_would_pass_it(server):
     assert llm.accounting.calls == 2 and llm.accounting.cost_usd == pytest.approx(0.010)
 
 
-def _job_in_process(args: tuple[str, str, list[str]]) -> int:
-    """Run one job in a separate process; return the calls it made."""
-    url, cache_path, prompts = args
-    llm = make_client(url, cache=cache_path, concurrency=4, timeout=30.0)  # the other process may start late
+def _job_in_process(url: str, cache_path: str, prompts: list[str], barrier: Any, out: str) -> None:
+    """Child process: make a client, wait until the other process has one too, run the job, write the calls made."""
+    from pathlib import Path
+
+    llm = make_client(url, cache=cache_path, concurrency=4, timeout=120.0)
+    try:
+        barrier.wait()
+    except BaseException:
+        barrier.abort()
+        raise
     results = llm.complete_many(prompts)
     assert all(r.ok for r in results)
-    return llm.accounting.calls
+    Path(out).write_text(str(llm.accounting.calls))
 
 
 def test_two_processes_write_the_cache_at_once(server, tmp_path):
+    """Two processes run overlapping jobs on one new cache file. They start together (a barrier, after each has
+    made its client), and the server answers no request until both are calling, so their writes interleave
+    whatever the machine's load; no timing decides the outcome."""
     path = str(tmp_path / "shared.sqlite")
     jobs = [[f"prompt {i}" for i in range(0, 30)], [f"prompt {i}" for i in range(49, 19, -1)]]  # 20-29 in both
     started = {"first": threading.Event(), "second": threading.Event()}
@@ -233,13 +261,24 @@ def test_two_processes_write_the_cache_at_once(server, tmp_path):
             started["first"].set()
         if number >= 30:
             started["second"].set()
-        overlapped.append(all(event.wait(timeout=25) for event in started.values()))
+        overlapped.append(all(event.wait(timeout=100) for event in started.values()))
         return "echo: " + prompt
 
     server.responder = once_both_are_calling
-    with mp.get_context("spawn").Pool(2) as pool:
-        calls = pool.map(_job_in_process, [(server.url, path, prompts) for prompts in jobs])
-    assert all(overlapped) and sum(calls) >= 50 and len(LLMCache(path)) == 50
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(2, timeout=240)
+    outs = [str(tmp_path / f"calls-{n}.txt") for n in range(2)]
+    children = [ctx.Process(target=_job_in_process, args=(server.url, path, prompts, barrier, out))
+                for prompts, out in zip(jobs, outs)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=300)
+    assert [child.exitcode for child in children] == [0, 0]
+    calls = [int(open(out).read()) for out in outs]
+    assert overlapped and all(overlapped)  # every reply was sent while both processes were calling
+    assert all(20 <= c <= 30 for c in calls) and len(LLMCache(path)) == 50  # only 20-29 may come from the cache
+    assert len(server.requests) == sum(calls)  # a reply found in the cache was not asked for again
     rerun = make_client(server.url, cache=path)
     results = rerun.complete_many([f"prompt {i}" for i in range(50)])
     assert [r.value for r in results] == [f"echo: prompt {i}" for i in range(50)]
@@ -280,6 +319,24 @@ def test_cache_key_covers_model_messages_parameters_and_sample():
                 request_key(MODEL, messages, {"temperature": 0.7}, 0),
                 request_key(MODEL, messages, {"temperature": 0.0, "max_tokens": 10}, 0),
                 request_key(MODEL, messages, {"temperature": 0.0}, 1)}) == 6
+
+
+def test_the_cache_is_shared_across_server_addresses_and_tells_message_roles_apart():
+    """The same request to the same model is one cache entry wherever the model is served from; the same text
+    under another role is another request."""
+    with ChatServer() as first, ChatServer() as second:
+        assert first.url != second.url
+        make_client(first.url).complete("q")
+        moved = make_client(second.url)
+        assert moved.complete("q").cached and len(second.requests) == 0
+        as_system = moved.complete([{"role": "system", "content": "q"}])
+        assert not as_system.cached and len(second.requests) == 1
+        assert second.requests[0]["messages"] == [{"role": "system", "content": "q"}]
+    user, system = [{"role": "user", "content": "q"}], [{"role": "system", "content": "q"}]
+    assert request_key(MODEL, user, {}, 0) != request_key(MODEL, system, {}, 0)
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    swapped = [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]
+    assert request_key(MODEL, turns, {}, 0) != request_key(MODEL, swapped, {}, 0)
 
 
 def test_temperature_written_as_int_hits_the_same_cache_entry(server):
@@ -394,12 +451,29 @@ def test_max_cost_below_one_call_makes_no_call_even_with_concurrency(server):
 
 
 def test_concurrent_calls_reserve_the_budget_before_sending(server):
+    """Eight workers, a budget for two calls: no request is answered until every worker but the two whose calls are
+    in flight has stopped (refused by the budget, or finding the job stopped), so the refusals cannot be helped by
+    replies that came back early, whatever the machine's load."""
     release = threading.Event()
     server.responder = hang_after(0, release)
-    threading.Timer(1.0, release.set).start()  # every request waits until the others had a chance to start
+
+    def release_when_only_the_calls_in_flight_remain() -> None:
+        for _ in range(6000):  # a condition, polled; the bound only keeps a broken client from hanging the test
+            workers = [t for t in threading.enumerate() if t.name == "zsclip-llm"]
+            if len(server.requests) >= 2 and len(workers) <= 2:
+                break
+            release.wait(0.01)
+        release.set()
+
+    watcher = threading.Thread(target=release_when_only_the_calls_in_flight_remain)
+    watcher.start()
     llm = make_client(server.url, max_cost=0.025, concurrency=8)  # each call reserves ~$0.012
-    with pytest.raises(BudgetExceeded):
-        llm.complete_many([f"item {i}" for i in range(8)], max_tokens=10)
+    try:
+        with pytest.raises(BudgetExceeded):
+            llm.complete_many([f"item {i}" for i in range(8)], max_tokens=10)
+    finally:
+        release.set()
+        watcher.join()
     assert len(server.requests) == 2 and llm.accounting.cost_usd <= 0.025
 
 

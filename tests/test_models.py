@@ -19,7 +19,7 @@ def _encode(encoder, image: Image.Image, texts: list[str]) -> tuple[np.ndarray, 
     return encoder.encode_images(pixels), encoder.encode_texts(texts)
 
 
-def test_checkpoint_local_dir_and_hf_cache_load_the_same_weights(tiny_model, monkeypatch):
+def test_checkpoint_local_dir_and_hf_cache_load_the_same_weights(tiny_model, monkeypatch, no_network):
     image = Image.new("RGB", (40, 40), (200, 30, 30))
     texts = ["a photo of a bird.", "a red crest"]
     from_file = load_model(tiny_model["name"], str(tiny_model["checkpoint"]), device="cpu")
@@ -40,14 +40,30 @@ def test_checkpoint_local_dir_and_hf_cache_load_the_same_weights(tiny_model, mon
     np.testing.assert_allclose(np.linalg.norm(txt_f, axis=1), 1.0, atol=1e-5)
 
 
-def test_fingerprint_is_stable_across_loads(tiny_model):
+def test_fingerprint_follows_the_weights_not_the_file(tiny_model, tmp_path):
+    """Same weights (another load, a copy elsewhere): same fingerprint, so caches are shared; one weight changed by
+    1e-3: another fingerprint, so no cache made by the old weights is used."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
     a = load_model(tiny_model["name"], str(tiny_model["checkpoint"]), device="cpu")
     b = load_model(tiny_model["name"], str(tiny_model["checkpoint"]), device="cpu")
     assert a.fingerprint == b.fingerprint
     assert a.describe()["model"] == tiny_model["name"]
+    copy = tmp_path / "elsewhere" / "copy.safetensors"
+    copy.parent.mkdir()
+    shutil.copy(tiny_model["checkpoint"], copy)
+    assert load_model(tiny_model["name"], str(copy), device="cpu").fingerprint == a.fingerprint
+    state = load_file(str(tiny_model["checkpoint"]))
+    name = sorted(state)[0]
+    state[name] = state[name] + 1e-3
+    changed = tmp_path / "changed.safetensors"
+    save_file(state, str(changed))
+    assert load_model(tiny_model["name"], str(changed), device="cpu").fingerprint != a.fingerprint
 
 
-def test_missing_tag_weights_offline_says_where_and_how(monkeypatch, tmp_path):
+def test_missing_tag_weights_offline_says_where_and_how(monkeypatch, tmp_path, no_network):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf"))
     with pytest.raises(WeightsNotFoundError) as info:
         load_model("ViT-B-32", "openai", device="cpu")
@@ -57,7 +73,7 @@ def test_missing_tag_weights_offline_says_where_and_how(monkeypatch, tmp_path):
     assert "HF_HUB_OFFLINE" in msg
 
 
-def test_missing_hf_hub_repo_offline(monkeypatch, tmp_path):
+def test_missing_hf_hub_repo_offline(monkeypatch, tmp_path, no_network):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(WeightsNotFoundError, match="zsclip/absent"):
         resolve_weights("hf-hub:zsclip/absent")
@@ -71,7 +87,7 @@ def test_local_dir_without_weights_or_config(tmp_path, tiny_model):
         resolve_weights(f"local-dir:{tmp_path / 'nowhere'}")
 
 
-def test_bad_names_and_tags():
+def test_bad_names_and_tags(no_network):
     with pytest.raises(ZsclipError, match="unknown model"):
         resolve_weights("Not-A-Model")
     with pytest.raises(ZsclipError, match="needs weights"):

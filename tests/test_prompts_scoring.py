@@ -258,3 +258,54 @@ def test_explanation_lists_predicted_true_and_runner_up():
     assert sims == sorted(sims, reverse=True)
     assert expl.summary().startswith("I saw a c1 because I saw: d0")
     assert "runner-up: c2" in expl.to_text() and "<table>" in expl._repr_html_()
+
+
+def test_explanation_roles_scores_and_text_in_every_case():
+    """Hand-made scores: a correct prediction names no 'true' group and says '(correct)'; a wrong one lists the true
+    class's texts and its own score; without a label there is no true class; texts within a group are ranked by
+    cosine, ties in prompt order; each group's header carries that class's score."""
+    e = np.eye(4, dtype=np.float32)
+    ps = PromptSet.from_lists(["a", "b", "c"], [[("A1", "a1"), ("A2", "a2")], [("B1", "b1")], [("C1", "c1")]], "mean",
+                              "test")
+    scorer = Scorer(ps, np.stack([e[0], e[0], e[1], e[2]]))  # A1 and A2 are the same vector: a tie
+    image = np.array([0.75, 0.5, 0.25, 0.0], dtype=np.float16)
+    scores = {"a": 0.75, "b": 0.5, "c": 0.25}
+
+    right = explain(scorer, image, true_label=0)
+    assert (right.predicted, right.true, right.runner_up) == ("a", "a", "b")
+    assert [(r.role, r.classname, r.label, r.text) for r in right.rows] == [
+        ("predicted", "a", "a1", "A1"), ("predicted", "a", "a2", "A2"), ("runner-up", "b", "b1", "B1")]
+    assert [r.class_score for r in right.rows] == pytest.approx([0.75, 0.75, 0.5], abs=1e-6)
+    assert right.to_text().splitlines() == [
+        "I saw a a because I saw: a1 (0.750), a2 (0.750)", "true class: a (correct)",
+        "predicted: a (score 0.7500)", "  +0.7500  a1", "  +0.7500  a2", "runner-up: b (score 0.5000)",
+        "  +0.5000  b1"]
+
+    wrong = explain(scorer, image, true_label=2)
+    assert (wrong.predicted, wrong.true, wrong.runner_up) == ("a", "c", "b")
+    assert [(r.role, r.classname) for r in wrong.rows] == [("predicted", "a"), ("predicted", "a"), ("true", "c"),
+                                                           ("runner-up", "b")]
+    assert "true class: c\n" in wrong.to_text() + "\n" and "(correct)" not in wrong.to_text()
+    assert "true: c (score 0.2500)" in wrong.to_text()
+    assert explain(scorer, image, true_label=1).runner_up == "c"  # the runner-up is neither predicted nor true
+
+    unlabelled = explain(scorer, image)
+    assert (unlabelled.true, unlabelled.runner_up) == (None, "b") and "true class" not in unlabelled.to_text()
+    assert {r.role for r in unlabelled.rows} == {"predicted", "runner-up"}
+    assert all(r.class_score == pytest.approx(scores[r.classname], abs=1e-6) for r in unlabelled.rows)
+    assert unlabelled.summary(top=1) == "I saw a a because I saw: a1 (0.750)"
+    assert unlabelled.to_records()[0] == {"role": "predicted", "classname": "a", "class_score": 0.75, "label": "a1",
+                                          "text": "A1", "similarity": 0.75}
+
+
+def test_explanation_edges_two_classes_four_texts_and_html():
+    """With two classes and a wrong prediction there is no third class: the runner-up is the prediction itself; the
+    summary names the top 3 texts; the HTML table has one row per text, escaped."""
+    e = np.eye(3, dtype=np.float32)
+    ps = PromptSet.from_lists(["a", "b"], [[(f"A{i}", f"<a{i}>") for i in range(4)], [("B", "b")]], "mean", "test")
+    scorer = Scorer(ps, np.stack([e[0], e[0] * 0.9 + e[2] * 0.1, e[0] * 0.8, e[0] * 0.7, e[1]]))
+    expl = explain(scorer, np.array([1.0, 0.2, 0.0], dtype=np.float32), true_label=1)
+    assert (expl.predicted, expl.true, expl.runner_up) == ("a", "b", "a")
+    assert expl.summary() == "I saw a a because I saw: <a0> (1.000), <a1> (0.900), <a2> (0.800)"
+    html = expl._repr_html_()
+    assert html.count("<tr>") == len(expl.rows) + 1 and "&lt;a3&gt;" in html and "<a3>" not in html

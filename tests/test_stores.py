@@ -99,8 +99,18 @@ def test_resume_with_other_settings_is_refused(cub, tiny_encoder, tmp_path):
 
 
 def test_ivf_index_factory_and_bad_factory_string(cub, tiny_encoder, tmp_path):
+    import faiss
+
     store = ImageStore.build(cub, "train", tiny_encoder, tmp_path / "ivf", dtype="float32", index="IVF2,Flat")
     assert store.manifest["index"] == "IVF2,Flat" and store.embeddings.dtype == np.float32
+    ivf = faiss.extract_index_ivf(store.index)  # raises unless the store's index is an IVF index
+    assert ivf.nlist == 2 and ivf.ntotal == len(store)
+    ivf.nprobe = 2  # every list: the search is exact, so it must agree with a brute-force inner product
+    vectors = np.asarray(store.embeddings, dtype=np.float32)
+    scores, rows = store.search(vectors, k=3)
+    exact = vectors @ vectors.T
+    np.testing.assert_array_equal(rows[:, 0], np.arange(len(store)))  # each image finds itself first
+    np.testing.assert_allclose(scores, -np.sort(-exact, axis=1)[:, :3], atol=1e-5)
     with pytest.raises(ZsclipError, match="index-factory"):
         ImageStore.build(cub, "train", tiny_encoder, tmp_path / "bad", index="NotAnIndex")
 
@@ -135,32 +145,91 @@ def test_text_cache_keeps_finished_batches_after_a_crash(tiny_encoder, tmp_path,
     assert len(TextEmbeddingCache(tiny_encoder, tmp_path / "texts.sqlite")) == 3
 
 
-def _write_texts(args: tuple[str, str, str, list[str]]) -> int:
-    """Child process: load the tiny model and encode ``texts`` into the shared cache."""
-    import open_clip
+def _write_texts(db: str, texts: list[str], me: str, folder: str, barrier) -> None:
+    """Child process: encode ``texts`` into the shared cache; the first batch waits until the other process is
+    encoding too, so both read the cache before either writes. Writes how many texts it encoded."""
+    from fixtures_data import HashTextEncoder
 
-    cfg_dir, ckpt, db, texts = args
-    open_clip.add_model_config(cfg_dir)
-    from zsclip.models import load_model as load
-
-    enc = load("zsclip-tiny-test", ckpt, device="cpu")
-    cache = TextEmbeddingCache(enc, db)
+    cache = TextEmbeddingCache(HashTextEncoder((folder, me, ("a", "b"))), db)
+    barrier.wait()
     cache.encode(texts, batch_size=7)
-    return cache.texts_encoded
+    (Path(folder) / f"{me}.encoded").write_text(str(cache.texts_encoded))
 
 
-def test_text_cache_two_processes_write_at_once(tiny_model, tiny_encoder, tmp_path):
-    cfg_dir = str(Path(tiny_model["checkpoint"]).parent / "configs")
+def test_text_cache_two_processes_write_at_once(tmp_path):
+    """Two processes fill one new cache with 40 shared and 20 own texts each, both encoding at the same moment
+    (each has read the cache before either writes), so every shared text is written by both: no error, no row
+    lost or damaged."""
+    from fixtures_data import HashTextEncoder
+
     db = str(tmp_path / "shared.sqlite")
-    texts_a = [f"shared {i}" for i in range(40)] + [f"only a {i}" for i in range(20)]
-    texts_b = [f"shared {i}" for i in range(40)] + [f"only b {i}" for i in range(20)]
+    texts = {n: [f"shared {i}" for i in range(40)] + [f"only {n} {i}" for i in range(20)] for n in ("a", "b")}
     ctx = mp.get_context("spawn")
-    with ctx.Pool(2) as pool:
-        encoded = pool.map(_write_texts, [(cfg_dir, str(tiny_model["checkpoint"]), db, texts_a),
-                                          (cfg_dir, str(tiny_model["checkpoint"]), db, texts_b)])
-    cache = TextEmbeddingCache(tiny_encoder, db)
+    barrier = ctx.Barrier(2, timeout=240)
+    children = [ctx.Process(target=_write_texts, args=(db, texts[n], n, str(tmp_path), barrier)) for n in texts]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=300)
+    assert [child.exitcode for child in children] == [0, 0]
+    assert [int((tmp_path / f"{n}.encoded").read_text()) for n in texts] == [60, 60]  # both wrote the shared 40
+    encoder = HashTextEncoder()
+    cache = TextEmbeddingCache(encoder, db)
     assert len(cache) == 80
-    assert sum(encoded) >= 80
-    found = cache.lookup(texts_a + texts_b)
-    np.testing.assert_allclose(np.stack([found[t] for t in texts_a[:3]]),
-                               tiny_encoder.encode_texts(texts_a[:3]), atol=1e-6)
+    every = sorted(set(texts["a"] + texts["b"]))
+    found = cache.lookup(every)  # each row is checked against its digest on the way out
+    np.testing.assert_array_equal(np.stack([found[t] for t in every]), np.stack([encoder.vector(t) for t in every]))
+    assert cache.encode(every).shape == (80, 32) and cache.texts_encoded == 0
+
+
+def _direct(encoder, dataset, sample):
+    """The embedding of one sample encoded on its own, outside any store."""
+    return encoder.encode_images(encoder.preprocess(dataset.load_image(sample))[None])[0]
+
+
+def test_a_multi_shard_store_matches_a_direct_encode_row_by_row(cub, tiny_encoder, tmp_path):
+    """Shards of 3 and batches of 2 (neither divides the other; the unreadable image opens shard 2): every stored
+    row holds the embedding, label and path of the sample it names, as if that image were encoded alone."""
+    samples = cub.samples("test")
+    store = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "store", shard_size=3, batch_size=2,
+                             dtype="float32")
+    skipped = [i for i, s in enumerate(samples) if open(s.path, "rb").read(4) == b"\x00not"]
+    assert skipped == [3] and len(samples) > 3 * 3  # the unreadable image is in shard 1; four shards or more
+    assert store.sample_indices.tolist() == [i for i in range(len(samples)) if i not in skipped]
+    for row, i in enumerate(store.sample_indices):
+        assert store.paths[row] == samples[i].path and store.labels[row] == samples[i].label
+        np.testing.assert_allclose(store.embeddings[row], _direct(tiny_encoder, cub, samples[i]), atol=1e-5)
+
+
+def test_a_crash_while_writing_a_shard_leaves_no_shard_under_its_name(cub, tiny_encoder, tmp_path, monkeypatch):
+    """Shards are written atomically: a crash half-way through writing shard 1 leaves shard 0 only (and, after a
+    hard kill, a temporary file that the resume removes); the resumed store matches a direct encode."""
+    import io
+
+    real_savez = np.savez
+    calls = {"n": 0}
+
+    def crash_half_way(fh, **arrays):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            buf = io.BytesIO()
+            real_savez(buf, **arrays)
+            fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            fh.flush()
+            raise KeyboardInterrupt("simulated crash while writing")
+        return real_savez(fh, **arrays)
+
+    monkeypatch.setattr(stores_mod.np, "savez", crash_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        ImageStore.build(cub, "test", tiny_encoder, tmp_path / "store", shard_size=4)
+    monkeypatch.setattr(stores_mod.np, "savez", real_savez)
+    build_dir = tmp_path / "store" / "build"
+    assert sorted(p.name for p in build_dir.glob("shard_*")) == ["shard_00000.npz"]
+    (build_dir / ".shard_00001.npz.x1y2z3.npz.tmp").write_bytes(b"PK\x03\x04 half a shard")  # what a kill leaves
+    store = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "store", shard_size=4)
+    samples = cub.samples("test")
+    assert store.build_stats.images_encoded == len(samples) - 4  # shard 0 (with the unreadable image) was reused
+    assert not build_dir.exists()
+    for row, i in enumerate(store.sample_indices):
+        np.testing.assert_allclose(np.asarray(store.embeddings[row], dtype=np.float32),
+                                   _direct(tiny_encoder, cub, samples[i]), atol=3e-3)

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,30 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
         ) from None
 
 
+#: how long (seconds) a SQLite connection waits for another process's lock before it fails
+SQLITE_BUSY_TIMEOUT = 60.0
+
+
+def _enter_wal(db: sqlite3.Connection) -> None:
+    """Switch ``db`` to WAL mode, waiting while another connection holds the lock.
+
+    Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is locked" at once,
+    without its busy handler, when another process is making or switching the same file; so this waits
+    (up to the busy timeout) as the busy handler would have.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    pause = 0.002
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.1)
+
+
 @contextlib.contextmanager
 def sqlite_connection(path: str | os.PathLike, read_only: bool = False) -> Iterator[sqlite3.Connection]:
     """A WAL-mode SQLite connection that commits on success, rolls back on error and is always closed.
@@ -230,10 +255,10 @@ def sqlite_connection(path: str | os.PathLike, read_only: bool = False) -> Itera
     if read_only:
         db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro&immutable=1", uri=True)
     else:
-        db = sqlite3.connect(path, timeout=60.0)
+        db = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT)
     try:
         if not read_only:
-            db.execute("PRAGMA journal_mode=WAL")
+            _enter_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
         with db:
             yield db

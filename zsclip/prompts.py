@@ -151,7 +151,7 @@ def descriptor_phrase(descriptor: str, published_quirk: bool = False) -> str:
             return f"which {descriptor}"
         return f"which has {descriptor}"
     d = descriptor.strip()
-    first = d.split(" ", 1)[0].lower() if d else ""
+    first = d.split(None, 1)[0].lower() if d else ""  # any whitespace ends the word (a tab, a no-break space)
     if first in ("a", "an", "used"):
         return f"which is {d}"
     if first in ("has", "often", "typically", "may", "can"):

@@ -70,6 +70,8 @@ STORE_FORMAT = 2
 #: how far a stored embedding's norm may be from 1 (float16 rounding stays far below this)
 NORM_TOLERANCE = 0.02
 _SHARD = re.compile(r"shard_\d+\.npz")
+#: the temporary file of an atomic shard write (``atomic_path`` names it ``.<target>.<random><suffix>.tmp``)
+_SHARD_TEMP = re.compile(r"\.shard_\d+\.npz\..+\.tmp")
 _MANIFEST_FIELDS = ("format", "model", "dataset", "split", "count", "dim", "dtype", "index", "skipped", "files")
 _REBUILD = "run `zsclip embed` or `zsclip classify` again with --rebuild, or delete the folder"
 
@@ -170,8 +172,11 @@ def _remove_build_files(path: Path) -> None:
 
 def _is_own_temp(name: str) -> bool:
     """A temporary file of an interrupted atomic write of one of the store's files."""
-    return name.endswith(".tmp") and any(name.startswith(f".{own}.") for own in
-                                         (MANIFEST, EMBEDDINGS, METADATA, INDEX, IDENTITY, "shard_"))
+    if not name.endswith(".tmp"):
+        return False
+    if any(name.startswith(f".{own}.") for own in (MANIFEST, EMBEDDINGS, METADATA, INDEX, IDENTITY)):
+        return True
+    return _SHARD_TEMP.fullmatch(name) is not None
 
 
 def _remove_store_files(path: Path) -> None:
