@@ -144,7 +144,8 @@ def _how_to_get(name: str, pretrained: str | None) -> str:
     return (
         f"On a machine with network access run {fetch} (it fills the Hugging Face cache, which you can "
         f"copy to this machine), or pass a checkpoint file with {option('--pretrained PATH', 'pretrained=PATH')}, or "
-        f"a folder with open_clip_config.json and weights as {option('--model', 'model=')}local-dir:FOLDER."
+        f"a folder with open_clip_config.json and weights as "
+        + option("--model local-dir:FOLDER", 'model="local-dir:FOLDER"') + "."
     )
 
 
