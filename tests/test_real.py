@@ -4,6 +4,7 @@ corpus run end to end through the CLI (count → real-prompt → real-linear), w
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -167,7 +168,7 @@ def test_wise_ft_wiring_alpha_zero_is_real_prompt_and_empty_classes_fall_back(cu
     np.testing.assert_array_equal(again.head_.weights, half.head_.weights)
     import pyarrow.parquet as pq
 
-    saved = pq.read_table(half.fit_info_["retrieved_set"])
+    saved = pq.read_table(os.path.expandvars(half.fit_info_["retrieved_set"]))
     assert saved.column_names == ["row", "class", "caption", "score"]
     assert all(cub.classnames[c].lower() in t.lower() or nickname(cub.classnames[0]) in t
                for c, t in zip(saved.column("class").to_pylist(), saved.column("caption").to_pylist()))

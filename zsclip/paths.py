@@ -53,3 +53,12 @@ def locate(name: str | Path) -> Path:
         if shipped.exists():
             return shipped
     return name
+
+
+def cache_display(path: str | Path) -> str:
+    """How records name a file under the cache root: ``$ZSCLIP_HOME/...`` (the same on every machine), else the
+    path as given."""
+    try:
+        return "$ZSCLIP_HOME/" + Path(path).resolve().relative_to(cache_root().resolve()).as_posix()
+    except ValueError:
+        return str(path)

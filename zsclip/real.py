@@ -33,7 +33,7 @@ from ._io import read_json, write_json_atomic
 from .corpus import Corpus
 from .corpus_count import ClassNames, count_corpus, match_rows, phrase_of, read_synonyms
 from .errors import ZsclipError
-from .paths import cache_root, locate, resource_dir
+from .paths import cache_root, display_path, locate, resource_dir
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +151,13 @@ def resolve_names(dataset: Any, metrics: str | None, corpus: str | None) -> tupl
             classes = [ClassNames(str(i), c, [c]) for i, c in enumerate(dataset.classnames)]
         else:
             classes = read_synonyms(path)
-        return (align_to_dataset(dataset.classnames, counts_from_corpus(opened, classes), f"names of {path}"),
-                f"counted over {opened.path}" + (f" (names of {path})" if path else " (official names)"))
+        shown = display_path(path) if path else None
+        return (align_to_dataset(dataset.classnames, counts_from_corpus(opened, classes), f"names of {shown}"),
+                f"counted over {opened.path}" + (f" (names of {shown})" if shown else " (official names)"))
     if path is None:
         raise ZsclipError(f"dataset {dataset.name!r} has no synonym counts: pass metrics=FILE (a REAL metrics "
                           "file, `zsclip corpus count`) or corpus=DIR to count names over a caption corpus")
-    return align_to_dataset(dataset.classnames, counts_from_metrics(path), str(path)), str(path)
+    return align_to_dataset(dataset.classnames, counts_from_metrics(path), display_path(path)), display_path(path)
 
 
 def replacements(classnames: Sequence[str], counts: Sequence[ClassCounts], strict: bool) -> tuple[list[str],

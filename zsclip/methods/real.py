@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ZsclipError
+from ..paths import cache_display
 from ..prompts import PromptSet, format_template, load_templates
 from .base import Method, Param, dataset_of, register_method
 
@@ -236,8 +237,9 @@ class RealLinear(Method):
             "classes_without_images": empty, "zero_shot_fallbacks": len(empty),
             "candidates_per_class_median": float(np.median(retrieved.candidates)) if len(retrieved.candidates) else 0,
             "retrieval_names_dropped": sum(len(c.alternates) - len(n) for c, n in zip(counts, names_per_class)),
-            "training_steps": steps, "retrieved_set": str(folder / "retrieved.parquet"), "retrieved_reused": reused,
-            "head": str(head_path.with_suffix(".json")), "head_trained": trained,
+            "training_steps": steps, "retrieved_set": cache_display(folder / "retrieved.parquet"),
+            "retrieved_reused": reused,
+            "head": cache_display(head_path.with_suffix(".json")), "head_trained": trained,
         }
         return self
 
