@@ -13,9 +13,9 @@ Stage 1 (``TemplateSetEvaluator``): each template's class embeddings ``B_t`` (C 
 and their cosines with the features ``L_t = X·B_tᵀ`` (N × C) are computed once. A set's class weight is the
 renormalised mean of its blocks, so its cosines are ``Σ_t L_t / ‖Σ_t B_t‖`` (per class): sums of cached
 arrays, no text encoded and no product with the features per evaluation. The sum, the ranks and the
-log-sum-exp run in one fused pass per image row (``_kernels``, numba), not as a chain of N × C array ops. Sums run in a fixed order (the
-templates' insertion order), so a set's fitness does not depend on which sets were evaluated before it —
-which a resumed job relies on to end as an uninterrupted one does.
+log-sum-exp run in one fused pass per image row (``_kernels``, numba), not as a chain of N × C array ops.
+Sums run in a fixed order (the templates' insertion order), so a set's fitness does not depend on which sets were
+evaluated before it — which a resumed job relies on to end as an uninterrupted one does.
 
 Stage 2 (``ClassPromptEvaluator``): per class a list of items, each the sum of its texts' unit embeddings; a
 class's weight is the renormalised sum of its items. An edit of a few classes recomputes only those classes'

@@ -7,7 +7,11 @@ The rule:
    that says "badly" the bad ones; under any other heading they are plain examples (treated like good ones,
    without anything to avoid). "Write N new template" (a number, or a word up to "ten") gives how many to
    write (default 1).
-2. Words to avoid: the words of the bad templates that no good template contains.
+2. Words to avoid, read the way an LLM reads a contrast: for each bad template, its words that no good template
+   contains; of those, only the modifiers ("black and white", "close-up", a habitat, "video game") when it
+   has any, and its medium ("photo", "sketch", ... the noun of a style phrase) only when nothing else sets it
+   apart. So "a black and white sketch of a {}." listed as bad steers away from "black and white", not from
+   sketches; "a photo of a {}." listed as bad (and no good photo) steers away from photos.
 3. Each template written is, by chance:
    - invalid, at ``invalid_rate``: the "{}" is dropped or written "{name}" (what a careless LLM does);
    - noise, at ``noise_rate`` (and always when there is no example): a random style template of the world,
@@ -36,6 +40,8 @@ STYLE_PHRASES = tuple(sorted({p for options in _STYLE_PHRASES.values() for p in 
 #: words a template may gain before its style noun
 DESCRIBING_WORDS = ("detailed", "simple", "rough", "quick", "small", "clear", "black and white")
 _HABITAT_PHRASES = tuple(f"on {h}" if h in ("sand", "grass", "snow", "rocks") else f"in the {h}" for h in HABITATS)
+#: the medium nouns of the style phrases ("photo", "sketch", "drawing", ...)
+MEDIA = frozenset(p.split()[-2] for p in STYLE_PHRASES)
 _PREAMBLES = ("Here are some templates:", "Sure! New templates:", "Templates:")
 _WORD = re.compile(r"[a-z]+")
 _STOP = {"a", "an", "the", "of", "in", "on", "with", "and"}
@@ -66,6 +72,16 @@ def read_request(prompt: str) -> tuple[list[str], list[str], int]:
     word = match.group(1).lower() if match else "1"
     count = int(word) if word.isdigit() else _NUMBERS.get(word, 1)
     return good, bad, max(1, count)
+
+
+def words_to_avoid(good: list[str], bad: list[str]) -> set[str]:
+    """The words a reply avoids (rule 2 of the module docstring)."""
+    good_words = _words(" ".join(good))
+    avoid: set[str] = set()
+    for template in bad:
+        own = _words(template) - good_words
+        avoid |= (own - MEDIA) or own
+    return avoid
 
 
 def _style_of(template: str) -> str | None:
@@ -118,7 +134,7 @@ def _invalid(template: str, rng: random.Random) -> str:
 def template_reply(prompt: str, rng: random.Random, *, invalid_rate: float = 0.1, noise_rate: float = 0.15) -> str:
     """The stand-in's reply to a template request (the rule is in the module docstring)."""
     good, bad, count = read_request(prompt)
-    avoid = _words(" ".join(bad)) - _words(" ".join(good))
+    avoid = words_to_avoid(good, bad)
     lines = []
     for _ in range(count):
         if not good or rng.random() < noise_rate:
