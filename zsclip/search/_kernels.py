@@ -47,43 +47,80 @@ def _row_stats(buf, ibuf, true_value):
     return count, peak + math.log(total)
 
 
+@njit(fastmath=_FLAGS, cache=True, inline="always")
+def _set_row(i, chunks, chunk_of, slot_of, factor, labels, rank, lse, true):
+    c = factor.shape[0]
+    buf = np.empty(c, np.float32)
+    ibuf = np.empty(c, np.int32)
+    src = chunks[chunk_of[0]][slot_of[0], i]
+    for j in range(c):
+        buf[j] = src[j]
+    for t in range(1, chunk_of.shape[0]):
+        src = chunks[chunk_of[t]][slot_of[t], i]
+        for j in range(c):
+            buf[j] += src[j]
+    for j in range(c):
+        buf[j] *= factor[j]
+    tv = buf[labels[i]]
+    true[i] = tv
+    rank[i], lse[i] = _row_stats(buf, ibuf, tv)
+
+
+@njit(fastmath=_FLAGS, cache=True, inline="always")
+def _edit_row(i, base, group, columns, labels, rank, lse, true):
+    c = base.shape[1]
+    buf = np.empty(c, np.float32)
+    ibuf = np.empty(c, np.int32)
+    for j in range(c):
+        buf[j] = base[i, j]
+    for g in range(group.shape[0]):
+        buf[group[g]] = columns[i, g]
+    tv = buf[labels[i]]
+    true[i] = tv
+    rank[i], lse[i] = _row_stats(buf, ibuf, tv)
+
+
 @njit(parallel=True, fastmath=_FLAGS, cache=True)
-def set_terms(chunks, chunk_of, slot_of, factor, labels, rank, lse, true):
+def _set_terms_parallel(chunks, chunk_of, slot_of, factor, labels, rank, lse, true):
+    for i in prange(labels.shape[0]):
+        _set_row(i, chunks, chunk_of, slot_of, factor, labels, rank, lse, true)
+
+
+@njit(fastmath=_FLAGS, cache=True)
+def _set_terms_serial(chunks, chunk_of, slot_of, factor, labels, rank, lse, true):
+    for i in range(labels.shape[0]):
+        _set_row(i, chunks, chunk_of, slot_of, factor, labels, rank, lse, true)
+
+
+@njit(parallel=True, fastmath=_FLAGS, cache=True)
+def _edit_terms_parallel(base, group, columns, labels, rank, lse, true):
+    for i in prange(labels.shape[0]):
+        _edit_row(i, base, group, columns, labels, rank, lse, true)
+
+
+@njit(fastmath=_FLAGS, cache=True)
+def _edit_terms_serial(base, group, columns, labels, rank, lse, true):
+    for i in range(labels.shape[0]):
+        _edit_row(i, base, group, columns, labels, rank, lse, true)
+
+
+#: below this many cosines per evaluation rows run in one thread: waking a thread team costs more than the
+#: work (and on a loaded machine a team waits on descheduled threads)
+PARALLEL_MIN = 1 << 18
+
+
+def set_terms(chunks, chunk_of, slot_of, factor, labels, rank, lse, true) -> None:
     """Rows of a template set: ``scaled[i, c] = factor[c] · Σ_t chunks[chunk_of[t]][slot_of[t], i, c]``.
 
     Writes each row's rank of the true class, log-sum-exp and true scaled cosine into ``rank``, ``lse``,
     ``true``. The sum runs in the order of ``chunk_of``/``slot_of`` (the caller sorts it).
     """
-    n = labels.shape[0]
-    c = factor.shape[0]
-    for i in prange(n):
-        buf = np.empty(c, np.float32)
-        ibuf = np.empty(c, np.int32)
-        src = chunks[chunk_of[0]][slot_of[0], i]
-        for j in range(c):
-            buf[j] = src[j]
-        for t in range(1, chunk_of.shape[0]):
-            src = chunks[chunk_of[t]][slot_of[t], i]
-            for j in range(c):
-                buf[j] += src[j]
-        for j in range(c):
-            buf[j] *= factor[j]
-        tv = buf[labels[i]]
-        true[i] = tv
-        rank[i], lse[i] = _row_stats(buf, ibuf, tv)
+    parallel = labels.shape[0] * factor.shape[0] >= PARALLEL_MIN
+    (_set_terms_parallel if parallel else _set_terms_serial)(chunks, chunk_of, slot_of, factor, labels, rank, lse,
+                                                             true)
 
 
-@njit(parallel=True, fastmath=_FLAGS, cache=True)
-def edit_terms(base, group, columns, labels, rank, lse, true):
+def edit_terms(base, group, columns, labels, rank, lse, true) -> None:
     """Rows of the committed scaled cosines ``base`` (N × C) with columns ``group`` replaced by ``columns``."""
-    n, c = base.shape
-    for i in prange(n):
-        buf = np.empty(c, np.float32)
-        ibuf = np.empty(c, np.int32)
-        for j in range(c):
-            buf[j] = base[i, j]
-        for g in range(group.shape[0]):
-            buf[group[g]] = columns[i, g]
-        tv = buf[labels[i]]
-        true[i] = tv
-        rank[i], lse[i] = _row_stats(buf, ibuf, tv)
+    parallel = base.size >= PARALLEL_MIN
+    (_edit_terms_parallel if parallel else _edit_terms_serial)(base, group, columns, labels, rank, lse, true)

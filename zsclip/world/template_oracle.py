@@ -18,7 +18,9 @@ The rule:
      e.g. "a cartoon drawing of a {}.";
    - otherwise a variation of a random good template, with one or two edits: swap its style phrase for a
      related one (one used by another good template half of the time, else any of the world's style
-     phrases); cross it with another good template (its text before "{}" with the other's text after);
+     phrases; a template with no style phrase the stand-in knows, e.g. "a rendition of the {}." or "the
+     plushie {}.", has the words before "{}" rewritten as one, "a sketch of a {}.");
+     cross it with another good template (its text before "{}" with the other's text after);
      add a describing word before the style noun or a habitat after "{}"; drop a describing word.
      A variation that contains a word to avoid, or repeats a template of the request, is redrawn (up to 5
      times).
@@ -94,10 +96,13 @@ def _vary(base: str, good: list[str], rng: random.Random) -> str:
     for _ in range(rng.choice((1, 1, 2))):
         op = rng.choice(("swap", "swap", "cross", "add", "drop"))
         style = _style_of(out)
-        if op == "swap" and style:
+        if op == "swap":
             others = [s for s in (_style_of(g) for g in good) if s and s != style]
             new = rng.choice(others) if others and rng.random() < 0.5 else rng.choice(STYLE_PHRASES)
-            out = out.replace(style, new, 1)
+            if style:
+                out = out.replace(style, new, 1)
+            else:  # no known medium ("a rendition of the {}.", "the plushie {}."): rewrite what precedes {}
+                out = f"{new} a {{}}" + out.split("{}", 1)[1]
         elif op == "cross" and len(good) > 1:
             other = rng.choice([g for g in good if g != base] or good)
             out = out.split("{}")[0] + "{}" + other.split("{}", 1)[1]
