@@ -93,18 +93,20 @@ def test_report(setup: SearchSetup, class_weights: np.ndarray) -> dict[str, Any]
 
 
 def plot_history(history: Sequence[Sequence[float]], path: Path, title: str) -> Path | None:
-    """A PNG of best fitness against evaluations; ``None`` (and a warning) without matplotlib."""
-    try:
-        import matplotlib
+    """A PNG of best fitness against evaluations; ``None`` (and a warning) without matplotlib.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    Drawn on a bare ``Figure`` (no pyplot): the process's matplotlib backend is left alone, so a notebook that
+    runs a search still shows its own plots inline.
+    """
+    try:
+        from matplotlib.figure import Figure
     except ImportError:
         logger.warning("matplotlib is not installed: no fitness plot (pip install matplotlib)")
         return None
     import io
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     if history:
         xs, ys = zip(*history)
         ax.step(xs, ys, where="post")
@@ -114,7 +116,6 @@ def plot_history(history: Sequence[Sequence[float]], path: Path, title: str) -> 
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())
     return path
 
