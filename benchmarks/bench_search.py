@@ -26,17 +26,23 @@ without it (β = 0, the published YAMLs' stage-2 setting).
 
     python benchmarks/bench_search.py               # a few minutes on 2 cores (the toy stores are built once)
     python benchmarks/bench_search.py --skip-toy    # synthetic ImageNet only
+    git show REV:zsclip/search/evaluate.py > /tmp/old_evaluate.py
+    python benchmarks/bench_search.py --baseline /tmp/old_evaluate.py   # old against new, interleaved, one process
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
+import numba
 import numpy as np
 import torch
 
-from zsclip.search.evaluate import ClassPromptEvaluator, FitnessWeights, TemplateSetEvaluator, redundancy
+import zsclip.search.evaluate as evaluate_module
+from zsclip.search.evaluate import ClassPromptEvaluator, FitnessWeights, TemplateSetEvaluator
 
 
 def naive_terms(features: np.ndarray, labels: np.ndarray, text_emb: np.ndarray, n_templates: int,
@@ -52,7 +58,10 @@ def naive_terms(features: np.ndarray, labels: np.ndarray, text_emb: np.ndarray, 
     m = z.max(1, keepdims=True)
     lse = m[:, 0] + np.log(np.exp(z - m).sum(1))
     ce = float((lse - true * scale).mean())
-    r = redundancy(torch.from_numpy(w)) if weights.r else 0.0
+    r = 0.0
+    if weights.r:
+        g = w.astype(np.float64) @ w.T.astype(np.float64)
+        r = float(np.sqrt(np.square(np.triu(g - np.eye(len(g)), 1)).sum()))
     return weights.combine(float((rank == 0).mean() * 100), float((rank < 5).mean() * 100), r, ce)
 
 
@@ -151,6 +160,11 @@ def imagenet(fast_count: int, naive_count: int) -> list[tuple[str, float]]:
 
         slow, _ = rate(naive, sets[:naive_count])
         out.append((f"synthetic ImageNet, beta={beta:g}: naive (toy text tower for the texts)", slow))
+        gap = max(abs(ev.evaluate([str(i) for i in s]).fitness
+                      - naive_terms(features, labels, blocks[s].reshape(len(s) * c, d), len(s), weights))
+                  for s in sets[:naive_count])
+        out.append((f"synthetic ImageNet, beta={beta:g}: largest |fitness(zsclip) - fitness(naive, float64 R)|",
+                    gap))
 
         # stage 2: edits of 17 classes with 4 items each out of 12
         items = [unit(rng.standard_normal((12, d))) + classes[k] for k in range(c)]
@@ -166,21 +180,77 @@ def imagenet(fast_count: int, naive_count: int) -> list[tuple[str, float]]:
     return out
 
 
+def load_baseline(path: str):
+    """An older ``zsclip/search/evaluate.py`` (e.g. ``git show REV:zsclip/search/evaluate.py > FILE``) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("zsclip.search._baseline_evaluate", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def interleaved(baseline, count: int) -> list[tuple[str, float]]:
+    """Synthetic ImageNet stage-1 evaluations/s of ``baseline``'s evaluator and this one, alternating set by set
+    in one process (so a loaded machine slows both alike), and the ratio."""
+    c, n_templates, d = 1000, 240, 512
+    rng = np.random.default_rng(0)
+    unit = lambda a: (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)  # noqa: E731
+    classes = unit(rng.standard_normal((c, d)))
+    features = unit(classes + 0.8 * unit(rng.standard_normal((c, d))))
+    labels = np.arange(c)
+    sets = [[str(i) for i in s] for s in random_sets(n_templates, count, seed=1)]
+    out = []
+    for beta in (0.05, 0.0):
+        evs = [module.TemplateSetEvaluator(features, labels, c, module.FitnessWeights(r=beta), 100.0)
+               for module in (baseline, evaluate_module)]
+        for t in range(n_templates):
+            block = unit(classes + 0.3 * unit(rng.standard_normal(d)) + 0.2 * rng.standard_normal((c, d)))
+            for ev in evs:
+                ev.add(str(t), block)
+        for ev in evs:
+            ev.evaluate(sets[0])  # compiles the kernels
+        spent = [0.0, 0.0]
+        for s in sets:
+            for k, ev in enumerate(evs):
+                t0 = time.perf_counter()
+                ev.evaluate(s)
+                spent[k] += time.perf_counter() - t0
+        old, new = (len(sets) / x for x in spent)
+        out += [(f"interleaved synthetic ImageNet, beta={beta:g}: baseline evaluator", old),
+                (f"interleaved synthetic ImageNet, beta={beta:g}: this evaluator", new),
+                (f"interleaved synthetic ImageNet, beta={beta:g}: speed-up x", new / old)]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fast", type=int, default=400, help="candidate sets timed with the zsclip evaluator")
     parser.add_argument("--naive", type=int, default=4, help="candidate sets timed with the naive evaluation")
     parser.add_argument("--skip-toy", action="store_true", help="only the synthetic ImageNet setting")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--baseline", help="an older evaluate.py to time against this one, interleaved (only this)")
+    parser.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: their choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch threads: {torch.get_num_threads()}")
-    rows = [] if args.skip_toy else toy_world(args.fast, args.naive)
-    rows += imagenet(args.fast, args.naive)
+        numba.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}, numba threads: {numba.get_num_threads()}, "
+          f"load average: {os.getloadavg()[0]:.2f}", flush=True)
+    if args.baseline:
+        rows = interleaved(load_baseline(args.baseline), args.fast)
+    else:
+        rows = [] if args.skip_toy else toy_world(args.fast, args.naive)
+        rows += imagenet(args.fast, args.naive)
     for name, value in rows:
-        unit = "" if name.endswith(" s") else " evals/s"
-        print(f"{name}: {value:,.2f}{unit}")
+        if name.endswith(" x"):
+            print(f"{name[:-2]}: {value:.2f}x")
+        elif name.endswith(" s"):
+            print(f"{name}: {value:,.2f}")
+        elif name.endswith("|"):
+            print(f"{name}: {value:.2e}")
+        else:
+            print(f"{name}: {value:,.2f} evals/s")
 
 
 if __name__ == "__main__":

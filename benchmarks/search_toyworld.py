@@ -47,7 +47,8 @@ def main() -> None:
     ds = get_dataset("toyworld")
     enc = encoder_for(ds)
     pool = [t for t in load_templates("openai-imagenet") if not any(w in t for w in SKETCHY)]
-    server, url = serve(port=0)
+    server = serve(port=0)
+    url = server.url
     rows: dict[str, list] = {}
     try:
         for seed in args.seeds:
@@ -85,8 +86,7 @@ def main() -> None:
                 rows.setdefault("ProAPO both stages (test)", []).append(r["test"]["top1"])
             print(json.dumps({k: v for k, v in rows.items()}, indent=1), flush=True)
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
     summary = {k: (f"{np.mean(v):.1f} ± {np.std(v):.1f}" if isinstance(v[0], float | int) else v)
                for k, v in rows.items()}
     print(json.dumps(summary, indent=1))

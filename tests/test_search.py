@@ -30,7 +30,7 @@ from zsclip.search.hillclimb import check_pool, parse_templates
 from zsclip.search.job import Budget, BudgetReached, Job, JobMismatchError, job_status, run_search
 from zsclip.search.proapo import ProAPO, stage1_children, template_library
 from zsclip.search.runner import prepare, run_hillclimb, run_proapo
-from zsclip.world.template_oracle import read_request, template_reply
+from zsclip.world.template_oracle import STYLE_PHRASES, read_request, template_reply, words_to_avoid
 
 runner = CliRunner()
 CLASSES = ["red fox", "grey wolf", "brown bear", "snow owl", "sand cat", "blue jay"]
@@ -422,3 +422,26 @@ def test_template_stand_in_varies_good_templates_and_avoids_bad_words():
         except ValueError:
             invalid += 1
     assert 30 < invalid < 90
+
+
+def test_template_stand_in_swaps_the_medium_of_templates_without_a_known_style():
+    # good templates whose medium the stand-in does not know still get their medium swapped, as an LLM would
+    prompt = ("Templates that worked well:\n- a rendition of the {}.\n- the plushie {}.\n- a sculpture of the {}.\n"
+              "\nWrite 1 new template.")
+    flat = [t for i in range(200) for t in parse_templates(template_reply(prompt, random.Random(i), invalid_rate=0,
+                                                                          noise_rate=0))]
+    assert sum(any(p in t for p in STYLE_PHRASES) for t in flat) > 0.3 * len(flat)
+
+
+def test_template_stand_in_blames_a_bad_templates_modifier_not_its_medium():
+    # the worst template is a sketch made worse by "black and white": the stand-in keeps proposing sketches
+    # (by its style swaps) but not black-and-white ones; a bad template with nothing but its medium (photo)
+    # still steers away from that medium
+    good = ["a cartoon of a {}.", "a painting of a {}.", "a picture of a {}."]
+    bad = ["a black and white sketch of a {}.", "a photo of a {}.", "a {} on grass."]
+    assert words_to_avoid(good, bad) == {"black", "white", "photo", "grass"}
+    prompt = ("Templates that worked well:\n" + "".join(f"- {t}\n" for t in good) + "\nTemplates that worked "
+              "badly, worst first:\n" + "".join(f"- {t}\n" for t in bad) + "\nWrite 1 new template.")
+    flat = [t for i in range(300) for t in parse_templates(template_reply(prompt, random.Random(i), invalid_rate=0))]
+    assert sum("sketch" in t for t in flat) >= 0.05 * len(flat)  # the old word rule avoided "sketch" too (2%)
+    assert sum("black and white" in t or "grass" in t for t in flat) < 0.02 * len(flat)

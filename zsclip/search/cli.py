@@ -71,12 +71,19 @@ def _llm(llm: str | None, base_url: str | None, required: bool):
     return LLMClient(llm, base_url=base_url)
 
 
-def _print_result(result: dict[str, Any]) -> None:
-    for name, path in result["outputs"].items():
-        out.print(f"{name}: {path}", highlight=False)
-    for extra in result.get("more_outputs", []):
-        for name, path in extra.items():
+def classify_command(dataset: str, path: str) -> str:
+    """The ``zsclip classify`` command that uses a search output: a template file with the class-name method,
+    a per-class prompt file (JSON) with CuPL's method (the renormalised mean of each class's sentences)."""
+    if path.endswith(".json"):
+        return f"zsclip classify -d {dataset} -m cupl -p sentences={path}"
+    return f"zsclip classify -d {dataset} -m classnames -p templates={path}"
+
+
+def _print_result(result: dict[str, Any], dataset: str) -> None:
+    for outputs in [result["outputs"], *result.get("more_outputs", [])]:
+        for name, path in outputs.items():
             out.print(f"{name}: {path}", highlight=False)
+        out.print(f"use it: {classify_command(dataset, outputs['file'])}", highlight=False)
     out.print(f"validation top-1: {result['validation']['top1']:.2f}", highlight=False)
     if "test" in result:
         out.print(f"test top-1 (evaluated once, after the search): {result['test']['top1']:.2f}", highlight=False)
@@ -135,7 +142,7 @@ def hillclimb(
 
     result = _run(go)
     out.print(f"chosen template: {result['chosen'][0]}", highlight=False)
-    _print_result(result)
+    _print_result(result, dataset)
 
 
 @app.command("proapo")
@@ -216,7 +223,7 @@ def proapo(
                   highlight=False)
     if "test_stage1" in result:
         out.print(f"test top-1 of the stage-1 template set: {result['test_stage1']['top1']:.2f}", highlight=False)
-    _print_result(result)
+    _print_result(result, dataset)
 
 
 @app.command("status")

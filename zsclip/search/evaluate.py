@@ -12,9 +12,10 @@ has none). R is only computed when β ≠ 0 (it is NaN in the log otherwise): it
 Stage 1 (``TemplateSetEvaluator``): each template's class embeddings ``B_t`` (C × D, one unit text per class)
 and their cosines with the features ``L_t = X·B_tᵀ`` (N × C) are computed once. A set's class weight is the
 renormalised mean of its blocks, so its cosines are ``Σ_t L_t / ‖Σ_t B_t‖`` (per class): sums of cached
-arrays, no text encoded and no product with the features per evaluation. Sums run in a fixed order (the
-templates' insertion order), so a set's fitness does not depend on which sets were evaluated before it —
-which a resumed job relies on to end as an uninterrupted one does.
+arrays, no text encoded and no product with the features per evaluation. The sum, the ranks and the
+log-sum-exp run in one fused pass per image row (``_kernels``, numba), not as a chain of N × C array ops.
+Sums run in a fixed order (the templates' insertion order), so a set's fitness does not depend on which sets were
+evaluated before it — which a resumed job relies on to end as an uninterrupted one does.
 
 Stage 2 (``ClassPromptEvaluator``): per class a list of items, each the sum of its texts' unit embeddings; a
 class's weight is the renormalised sum of its items. An edit of a few classes recomputes only those classes'
@@ -29,9 +30,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from numba import types
+from numba.typed import List
 
 from ..errors import ZsclipError
 from ..prompts import format_template
+from ._kernels import edit_terms, set_terms
 
 #: logit scale when the encoder gives none (trained CLIP's ≈ 100)
 DEFAULT_LOGIT_SCALE = 100.0
@@ -92,17 +96,23 @@ class Terms:
 
 
 def redundancy(t: torch.Tensor) -> float:
-    """``‖triu(T·Tᵀ − I)‖_F`` of unit rows ``t`` (C × D), via the smaller of T·Tᵀ and Tᵀ·T."""
-    t = t.double()
+    """``‖triu(T·Tᵀ − I)‖_F`` of unit rows ``t`` (C × D), via the smaller of T·Tᵀ and Tᵀ·T.
+
+    The product is single precision (the costliest step of an evaluation with R); squares are summed in double.
+    """
+    t = t.float()
     c, d = t.shape
-    fro2 = float((t @ t.T).square().sum()) if c <= d else float((t.T @ t).square().sum())
-    diag2 = float(t.square().sum(1).square().sum())
+    fro2 = float((t @ t.T if c <= d else t.T @ t).double().square().sum())
+    diag2 = float(t.double().square().sum(1).square().sum())
     return math.sqrt(max(fro2 - diag2, 0.0) / 2.0)
 
 
-def _pair_contribution(t_all: torch.Tensor, group: torch.Tensor) -> float:
-    """Σ over class pairs i < j with i or j in ``group`` of (t_i·t_j)² (the part of R² a group edit changes)."""
-    m = t_all[group].double() @ t_all.double().T
+def _pair_contribution(t_all: torch.Tensor, group: torch.Tensor, t_group: torch.Tensor) -> float:
+    """Σ over class pairs i < j with i or j in ``group`` of (t_i·t_j)², the rows of ``group`` being ``t_group``
+    and the others those of ``t_all`` (the part of R² a group edit changes)."""
+    m = t_group @ t_all.T
+    m[:, group] = t_group @ t_group.T
+    m = m.double()
     total = float(m.square().sum())
     within = m[:, group]
     inside = float(within.square().sum())
@@ -111,7 +121,7 @@ def _pair_contribution(t_all: torch.Tensor, group: torch.Tensor) -> float:
 
 
 class _Scorer:
-    """Features, labels, weights and scale shared by both evaluators; turns cosines into ``Terms``."""
+    """Features, labels, weights and scale shared by both evaluators; turns per-row ranks into ``Terms``."""
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, num_classes: int, weights: FitnessWeights,
                  logit_scale: float | None) -> None:
@@ -119,47 +129,40 @@ class _Scorer:
         if features.ndim != 2 or len(features) == 0:
             raise ZsclipError("a search needs at least one fitting image (got no image features)")
         self.x = torch.from_numpy(np.ascontiguousarray(features))
-        self.y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.y = np.ascontiguousarray(labels, dtype=np.int64)
         self.num_classes = num_classes
         self.weights = weights
         self.scale = float(logit_scale) if logit_scale else DEFAULT_LOGIT_SCALE
         self.k5 = min(5, num_classes)
         self.evaluations = 0
-        self._gt = torch.empty(0, dtype=torch.bool)
+        n = len(self.y)
+        self._rank = np.empty(n, dtype=np.int64)
+        self._lse = np.empty(n, dtype=np.float64)
+        self._true = np.empty(n, dtype=np.float64)
 
-    def terms(self, z: torch.Tensor, r: float) -> Terms:
-        """Terms of the scaled cosines ``z = scale·S`` (N × C float32, overwritten) with R already known.
-
-        Works in place and in reused buffers: fresh megabyte-sized arrays per evaluation cost more in page
-        faults than the arithmetic. Exponents are clamped at −80 below each row's peak (e^−80 is far below
-        float32's resolution of the sum, and it keeps the exponentials out of slow denormal numbers).
-        """
+    def terms(self, r: float) -> Terms:
+        """Terms from the per-row ranks, log-sum-exps and true scaled cosines a kernel just wrote."""
         self.evaluations += 1
-        if self._gt.shape != z.shape:
-            self._gt = torch.empty(z.shape, dtype=torch.bool)
-        true = z.gather(1, self.y[:, None])[:, 0]
-        rank = torch.gt(z, true[:, None], out=self._gt).view(torch.uint8).sum(1, dtype=torch.int32)
-        n = len(rank)
-        top1 = float((rank == 0).sum()) * 100.0 / n
-        top5 = float((rank < self.k5).sum()) * 100.0 / n
-        peak = z.amax(1)
-        lse = z.sub_(peak[:, None]).clamp_(min=-80.0).exp_().sum(1).log_().add_(peak)
-        ce = float((lse - true).double().mean())
+        n = len(self._rank)
+        top1 = float(np.count_nonzero(self._rank == 0)) * 100.0 / n
+        top5 = float(np.count_nonzero(self._rank < self.k5)) * 100.0 / n
+        ce = float((self._lse - self._true).mean())
         return Terms(top1, top5, ce, r, self.weights.combine(top1, top5, r, ce))
 
 
 class TemplateSetEvaluator(_Scorer):
     """Stage 1 and hill-climbing: candidates are sets of templates (see the module docstring)."""
 
+    #: templates per cached cosine array (the arrays are allocated a chunk at a time, never copied)
+    CHUNK = 32
+
     def __init__(self, features: np.ndarray, labels: np.ndarray, num_classes: int,
                  weights: FitnessWeights = FitnessWeights(), logit_scale: float | None = None) -> None:
         super().__init__(features, labels, num_classes, weights, logit_scale)
         self._index: dict[str, int] = {}
         self._blocks: list[torch.Tensor] = []
-        self._logits: list[torch.Tensor] = []
-        n, d = self.x.shape
-        self._u = torch.empty(n, num_classes)
-        self._v = torch.empty(num_classes, d)
+        self._chunks = List.empty_list(types.float32[:, :, ::1])
+        self._v = torch.empty(num_classes, self.x.shape[1])
 
     def __contains__(self, template: str) -> bool:
         return template in self._index
@@ -172,32 +175,40 @@ class TemplateSetEvaluator(_Scorer):
         if b.shape != (self.num_classes, self.x.shape[1]):
             raise ZsclipError(f"template {template!r}: block of shape {tuple(b.shape)}, expected "
                               f"({self.num_classes}, {self.x.shape[1]})")
-        self._index[template] = len(self._blocks)
+        i = len(self._blocks)
+        if i % self.CHUNK == 0:
+            self._chunks.append(np.empty((self.CHUNK, len(self.y), self.num_classes), dtype=np.float32))
+        self._index[template] = i
         self._blocks.append(b)
-        self._logits.append(self.x @ b.T)
+        self._chunks[i // self.CHUNK][i % self.CHUNK] = (self.x @ b.T).numpy()
 
-    def _sums(self, templates: Iterable[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ids(self, templates: Iterable[str]) -> list[int]:
         ids = sorted({self._index[t] for t in templates})
         if not ids:
             raise ZsclipError("cannot evaluate an empty template set")
-        u = self._u.copy_(self._logits[ids[0]])
+        return ids
+
+    def _block_sum(self, ids: Sequence[int]) -> torch.Tensor:
         v = self._v.copy_(self._blocks[ids[0]])
         for i in ids[1:]:
-            u += self._logits[i]
             v += self._blocks[i]
-        return u, v
+        return v
 
     def class_weights(self, templates: Iterable[str]) -> torch.Tensor:
         """The set's class weights: the renormalised mean of its blocks (C × D)."""
-        _, v = self._sums(templates)
-        return v / v.norm(dim=1, keepdim=True)  # a new tensor: the sums live in reused buffers
+        v = self._block_sum(self._ids(templates))
+        return v / v.norm(dim=1, keepdim=True)  # a new tensor: the sum lives in a reused buffer
 
     def evaluate(self, templates: Iterable[str]) -> Terms:
         """The fitness terms of a template set (its order and repeats do not matter)."""
-        u, v = self._sums(templates)
+        ids = self._ids(templates)
+        v = self._block_sum(ids)
         norms = v.norm(dim=1)
         r = redundancy(v.div_(norms[:, None])) if self.weights.r else float("nan")
-        return self.terms(u.mul_(self.scale / norms), r)
+        ids_arr = np.asarray(ids, dtype=np.int64)
+        set_terms(self._chunks, ids_arr // self.CHUNK, ids_arr % self.CHUNK, (self.scale / norms).numpy(),
+                  self.y, self._rank, self._lse, self._true)
+        return self.terms(r)
 
 
 class ClassPromptEvaluator(_Scorer):
@@ -214,9 +225,10 @@ class ClassPromptEvaluator(_Scorer):
         self.items = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in items]
         self.base: list[tuple[int, ...]] = []
         self._t = torch.zeros(0)
-        self._s = torch.zeros(0)
-        self._work = torch.zeros(0)
+        self._s = np.zeros((0, 0), dtype=np.float32)
         self._q = 0.0
+        self._no_group = np.zeros(0, dtype=np.int64)
+        self._no_columns = np.zeros((len(self.y), 0), dtype=np.float32)
 
     def _class_weight(self, c: int, ids: Sequence[int]) -> torch.Tensor:
         ids = sorted(set(ids))
@@ -225,47 +237,46 @@ class ClassPromptEvaluator(_Scorer):
         v = self.items[c][ids].double().sum(0)
         return (v / v.norm()).float()
 
+    def _base_terms(self) -> Terms:
+        edit_terms(self._s, self._no_group, self._no_columns, self.y, self._rank, self._lse, self._true)
+        return self.terms(math.sqrt(self._q) if self.weights.r else float("nan"))
+
     def set_base(self, assignment: Sequence[Sequence[int]]) -> Terms:
         """Make ``assignment`` (item ids per class) the base and return its terms."""
         self.base = [tuple(sorted(set(a))) for a in assignment]
         self._t = torch.stack([self._class_weight(c, a) for c, a in enumerate(self.base)])
-        self._s = (self.x @ self._t.T).mul_(self.scale)
+        self._s = (self.x @ self._t.T).mul_(self.scale).numpy()
         if self.weights.r:
             r = redundancy(self._t)
             self._q = r * r
-        else:
-            r = float("nan")
-        return self.terms(self._s.clone(), r)
+        return self._base_terms()
 
-    def _edited(self, edits: Mapping[int, Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    def _edited(self, edits: Mapping[int, Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, float]:
         group = torch.tensor(sorted(edits), dtype=torch.long)
         t_group = torch.stack([self._class_weight(c, edits[c]) for c in sorted(edits)])
-        if self._work.shape != self._s.shape:
-            self._work = torch.empty_like(self._s)
-        s = self._work.copy_(self._s)
-        s[:, group] = (self.x @ t_group.T).mul_(self.scale)
+        columns = np.ascontiguousarray((self.x @ t_group.T).mul_(self.scale).numpy())
         r = float("nan")
         if self.weights.r:
-            t = self._t.clone()
-            t[group] = t_group
-            q = self._q - _pair_contribution(self._t, group) + _pair_contribution(t, group)
+            q = (self._q - _pair_contribution(self._t, group, self._t[group])
+                 + _pair_contribution(self._t, group, t_group))
             r = math.sqrt(max(q, 0.0))
-        return group, t_group, s, r
+        return group, t_group, columns, r
 
     def evaluate(self, edits: Mapping[int, Sequence[int]]) -> Terms:
         """Terms of the base with the classes in ``edits`` given those item ids."""
         if not edits:
-            return self.terms(self._s.clone(), math.sqrt(self._q) if self.weights.r else float("nan"))
-        _, _, s, r = self._edited(edits)
-        return self.terms(s, r)
+            return self._base_terms()
+        group, _, columns, r = self._edited(edits)
+        edit_terms(self._s, group.numpy(), columns, self.y, self._rank, self._lse, self._true)
+        return self.terms(r)
 
     def commit(self, edits: Mapping[int, Sequence[int]]) -> None:
         """Apply ``edits`` to the base (the same arithmetic as ``evaluate``, so replays are exact)."""
         if not edits:
             return
-        group, t_group, s, r = self._edited(edits)
+        group, t_group, columns, r = self._edited(edits)
         self._t[group] = t_group
-        self._s, self._work = s, self._s
+        self._s[:, group.numpy()] = columns
         if self.weights.r:
             self._q = r * r
         for c in edits:
@@ -273,7 +284,7 @@ class ClassPromptEvaluator(_Scorer):
 
     def base_scores(self) -> np.ndarray:
         """The base's scaled cosines (N × C), a copy."""
-        return self._s.numpy().copy()
+        return self._s.copy()
 
     def class_weights(self) -> torch.Tensor:
         """The base's class weights (C × D)."""

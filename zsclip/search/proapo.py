@@ -387,7 +387,7 @@ class ProAPO:
                     best = (score, labels)
             clusters = best[1]
         probs = _softmax(ev.base_scores())
-        fit_labels = ev.y.numpy()
+        fit_labels = ev.y
         size_cap = max(1, int(2.5 * math.log(n)))
         cover = max(1, int(10 * math.log(n)))
         order = sorted(range(n), key=lambda c: -importance[c])

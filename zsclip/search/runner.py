@@ -93,18 +93,20 @@ def test_report(setup: SearchSetup, class_weights: np.ndarray) -> dict[str, Any]
 
 
 def plot_history(history: Sequence[Sequence[float]], path: Path, title: str) -> Path | None:
-    """A PNG of best fitness against evaluations; ``None`` (and a warning) without matplotlib."""
-    try:
-        import matplotlib
+    """A PNG of best fitness against evaluations; ``None`` (and a warning) without matplotlib.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    Drawn on a bare ``Figure`` (no pyplot): the process's matplotlib backend is left alone, so a notebook that
+    runs a search still shows its own plots inline.
+    """
+    try:
+        from matplotlib.figure import Figure
     except ImportError:
         logger.warning("matplotlib is not installed: no fitness plot (pip install matplotlib)")
         return None
     import io
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     if history:
         xs, ys = zip(*history)
         ax.step(xs, ys, where="post")
@@ -114,7 +116,6 @@ def plot_history(history: Sequence[Sequence[float]], path: Path, title: str) -> 
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())
     return path
 
@@ -245,6 +246,24 @@ def _replace_name(description: str, classname: str, synonym: str) -> str:
     return re.sub(re.escape(classname), synonym, description, flags=re.IGNORECASE)
 
 
+def stage2_items(classnames: Sequence[str], synonyms: Sequence[Sequence[str]],
+                 descriptions: Sequence[Sequence[str]]) -> list[list[list[str | None]]]:
+    """ProAPO's stage-2 items per class, in the order a job's assignments index them: each synonym alone
+    (``[synonym, None]``), then each synonym with each description (the class name inside replaced by it)."""
+    return [[[s, None] for s in synonyms[c]] + [[s, _replace_name(d, name, s)] for s in synonyms[c]
+                                                 for d in descriptions[c]]
+            for c, name in enumerate(classnames)]
+
+
+def stage2_prompts(classnames: Sequence[str], templates: Sequence[str], items: Sequence[Sequence[Sequence[Any]]],
+                   assignment: Sequence[Sequence[int]]) -> dict[str, list[str]]:
+    """The per-class prompts of a stage-2 assignment (item ids per class; e.g. a snapshot in a job's state)."""
+    from .proapo import item_texts
+
+    return {name: [t for i in assignment[c] for t in item_texts(templates, *items[c][i])]
+            for c, name in enumerate(classnames)}
+
+
 def run_proapo(setup: SearchSetup, library: Sequence[str], *, library_source: str, epochs: int = 8,
                max_prompts: int | None = None, fitness: FitnessWeights = FitnessWeights(), stage2: bool = True,
                synonyms: Sequence[Sequence[str]] | None = None, synonyms_source: str = "class names",
@@ -279,11 +298,8 @@ def run_proapo(setup: SearchSetup, library: Sequence[str], *, library_source: st
             cache["synonyms"] = syn
         else:
             syn = [[c] for c in classnames]
-        labels, texts = [], []
-        for c, name in enumerate(classnames):
-            entries = [[s, None] for s in syn[c]] + [[s, _replace_name(d, name, s)] for s in syn[c] for d in descs[c]]
-            labels.append(entries)
-            texts.extend(t for s, d in entries for t in item_texts(templates, s, d))
+        labels = stage2_items(classnames, syn, descs)
+        texts = [t for entries in labels for s, d in entries for t in item_texts(templates, s, d)]
         emb = setup.cache.encode(texts)
         items, at, per = [], 0, len(templates)
         for entries in labels:
@@ -336,8 +352,7 @@ def run_proapo(setup: SearchSetup, library: Sequence[str], *, library_source: st
         s2 = algo["s2"]
 
         def prompts_of(assignment: Sequence[Sequence[int]]) -> dict[str, list[str]]:
-            return {name: [t for i in assignment[c] for t in item_texts(stage1["templates"], *labels[c][i])]
-                    for c, name in enumerate(classnames)}
+            return stage2_prompts(classnames, stage1["templates"], labels, assignment)
 
         scored = [(validation_top1(setup, prompt_weights(setup, prompts_of(snap["assignment"]))), snap)
                   for snap in s2["snapshots"]]

@@ -7,14 +7,20 @@ The rule:
    that says "badly" the bad ones; under any other heading they are plain examples (treated like good ones,
    without anything to avoid). "Write N new template" (a number, or a word up to "ten") gives how many to
    write (default 1).
-2. Words to avoid: the words of the bad templates that no good template contains.
+2. Words to avoid, read the way an LLM reads a contrast: for each bad template, its words that no good template
+   contains; of those, only the modifiers ("black and white", "close-up", a habitat, "video game") when it
+   has any, and its medium ("photo", "sketch", ... the noun of a style phrase) only when nothing else sets it
+   apart. So "a black and white sketch of a {}." listed as bad steers away from "black and white", not from
+   sketches; "a photo of a {}." listed as bad (and no good photo) steers away from photos.
 3. Each template written is, by chance:
    - invalid, at ``invalid_rate``: the "{}" is dropped or written "{name}" (what a careless LLM does);
    - noise, at ``noise_rate`` (and always when there is no example): a random style template of the world,
      e.g. "a cartoon drawing of a {}.";
    - otherwise a variation of a random good template, with one or two edits: swap its style phrase for a
      related one (one used by another good template half of the time, else any of the world's style
-     phrases); cross it with another good template (its text before "{}" with the other's text after);
+     phrases; a template with no style phrase the stand-in knows, e.g. "a rendition of the {}." or "the
+     plushie {}.", has the words before "{}" rewritten as one, "a sketch of a {}.");
+     cross it with another good template (its text before "{}" with the other's text after);
      add a describing word before the style noun or a habitat after "{}"; drop a describing word.
      A variation that contains a word to avoid, or repeats a template of the request, is redrawn (up to 5
      times).
@@ -36,6 +42,8 @@ STYLE_PHRASES = tuple(sorted({p for options in _STYLE_PHRASES.values() for p in 
 #: words a template may gain before its style noun
 DESCRIBING_WORDS = ("detailed", "simple", "rough", "quick", "small", "clear", "black and white")
 _HABITAT_PHRASES = tuple(f"on {h}" if h in ("sand", "grass", "snow", "rocks") else f"in the {h}" for h in HABITATS)
+#: the medium nouns of the style phrases ("photo", "sketch", "drawing", ...)
+MEDIA = frozenset(p.split()[-2] for p in STYLE_PHRASES)
 _PREAMBLES = ("Here are some templates:", "Sure! New templates:", "Templates:")
 _WORD = re.compile(r"[a-z]+")
 _STOP = {"a", "an", "the", "of", "in", "on", "with", "and"}
@@ -68,6 +76,16 @@ def read_request(prompt: str) -> tuple[list[str], list[str], int]:
     return good, bad, max(1, count)
 
 
+def words_to_avoid(good: list[str], bad: list[str]) -> set[str]:
+    """The words a reply avoids (rule 2 of the module docstring)."""
+    good_words = _words(" ".join(good))
+    avoid: set[str] = set()
+    for template in bad:
+        own = _words(template) - good_words
+        avoid |= (own - MEDIA) or own
+    return avoid
+
+
 def _style_of(template: str) -> str | None:
     found = [p for p in STYLE_PHRASES if p in template]
     return max(found, key=len) if found else None
@@ -78,10 +96,13 @@ def _vary(base: str, good: list[str], rng: random.Random) -> str:
     for _ in range(rng.choice((1, 1, 2))):
         op = rng.choice(("swap", "swap", "cross", "add", "drop"))
         style = _style_of(out)
-        if op == "swap" and style:
+        if op == "swap":
             others = [s for s in (_style_of(g) for g in good) if s and s != style]
             new = rng.choice(others) if others and rng.random() < 0.5 else rng.choice(STYLE_PHRASES)
-            out = out.replace(style, new, 1)
+            if style:
+                out = out.replace(style, new, 1)
+            else:  # no known medium ("a rendition of the {}.", "the plushie {}."): rewrite what precedes {}
+                out = f"{new} a {{}}" + out.split("{}", 1)[1]
         elif op == "cross" and len(good) > 1:
             other = rng.choice([g for g in good if g != base] or good)
             out = out.split("{}")[0] + "{}" + other.split("{}", 1)[1]
@@ -118,7 +139,7 @@ def _invalid(template: str, rng: random.Random) -> str:
 def template_reply(prompt: str, rng: random.Random, *, invalid_rate: float = 0.1, noise_rate: float = 0.15) -> str:
     """The stand-in's reply to a template request (the rule is in the module docstring)."""
     good, bad, count = read_request(prompt)
-    avoid = _words(" ".join(bad)) - _words(" ".join(good))
+    avoid = words_to_avoid(good, bad)
     lines = []
     for _ in range(count):
         if not good or rng.random() < noise_rate:
