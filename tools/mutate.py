@@ -5,7 +5,7 @@
     python tools/mutate.py stores --sample 40     # a random sample of 40 of the module's mutants (seeded)
     python tools/mutate.py --list                 # the modules and the tests run against each
 
-Each module runs in its own scratch copy of the repository (``--workdir``, default ``/tmp/zsclip-mutate``), with
+Each module runs in its own scratch copy of the repository (``--workdir``, default ``zsclip-mutate`` in the system's temporary folder), with
 mutmut configured to mutate that module only and to run only the test files that exercise it, so a mutant costs
 seconds, not the whole suite. The survivors are printed (``mutmut show NAME`` in the module's scratch folder
 shows the diff) and a summary line per module is appended to ``--report`` (default ``mutation-report.txt`` in the
@@ -19,6 +19,7 @@ import json
 import random
 import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, help="run a random sample of this many mutants per module")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
     parser.add_argument("--children", type=int, default=2, help="mutants run at once")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/zsclip-mutate"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "zsclip-mutate")
     parser.add_argument("--report", type=Path, default=Path("mutation-report.txt"))
     parser.add_argument("--fresh", action="store_true", help="start over (default: resume the module's last run)")
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
