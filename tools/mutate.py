@@ -7,9 +7,10 @@
 
 Each module runs in its own scratch copy of the repository (``--workdir``, default ``zsclip-mutate`` in the
 system's temporary folder), with mutmut configured to mutate that module only and to run only the test files
-that exercise it, so a mutant costs seconds, not the whole suite. The survivors are printed (``mutmut show NAME`` in the module's scratch folder
-shows the diff) and a summary line per module is appended to ``--report`` (default ``mutation-report.txt`` in the
-working folder). Not part of CI: see docs/testing.md for the last scores and the survivors judged equivalent.
+that exercise it, so a mutant costs seconds, not the whole suite. The survivors are printed (``mutmut show
+NAME`` in the module's scratch folder shows the diff) and a summary line per module is appended to ``--report``
+(default ``mutation-report.txt`` in the working folder). Not part of CI: see docs/testing.md for the last scores
+and the survivors judged equivalent.
 """
 
 from __future__ import annotations
