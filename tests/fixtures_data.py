@@ -327,3 +327,25 @@ class HashTextEncoder:
                     break
                 time.sleep(0.005)
         return np.stack([self.vector(t) for t in texts]) if texts else np.zeros((0, self.embed_dim), np.float32)
+
+
+@contextlib.contextmanager
+def crash_at_shard(shard: int) -> Iterator[None]:
+    """Inside the block, a store build raises ``KeyboardInterrupt`` when it starts encoding its ``shard``-th shard
+    (1-based): a simulated crash after ``shard - 1`` whole shards. The real encoder is back after the block."""
+    from zsclip import stores
+
+    real = stores._encode_samples
+    calls = {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == shard:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kwargs)
+
+    stores._encode_samples = crashing
+    try:
+        yield
+    finally:
+        stores._encode_samples = real

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_data import class_image, make_cub_folder
+from fixtures_data import class_image, crash_at_shard, make_cub_folder
 from typer.testing import CliRunner
 
 import zsclip.stores as stores_mod
@@ -241,20 +241,9 @@ def test_a_foreign_folder_is_refused_and_left_untouched(cub, tiny_encoder, tmp_p
 
 
 def test_only_own_files_are_deleted_from_the_build_folder(cub, tiny_encoder, tmp_path, monkeypatch):
-    real = stores_mod._encode_samples
-    calls = {"n": 0}
-
-    def crash_on_second_shard(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(stores_mod, "_encode_samples", crash_on_second_shard)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_shard(2), pytest.raises(KeyboardInterrupt):
         ImageStore.build(cub, "test", tiny_encoder, tmp_path / "s", shard_size=4)
     (tmp_path / "s" / "build" / "my-notes.txt").write_text("not zsclip's")
-    monkeypatch.setattr(stores_mod, "_encode_samples", real)
     store = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "s", shard_size=4)
     assert len(store) == 7
     assert [p.name for p in (tmp_path / "s" / "build").iterdir()] == ["my-notes.txt"]
@@ -306,19 +295,8 @@ def test_damaged_shards_left_by_a_crash_are_encoded_again(cub, tiny_encoder, tmp
 
 def test_resume_with_another_shard_size_starts_over(cub, tiny_encoder, tmp_path, monkeypatch):
     reference = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "ref")
-    real = stores_mod._encode_samples
-    calls = {"n": 0}
-
-    def crash_on_third_shard(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(stores_mod, "_encode_samples", crash_on_third_shard)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_shard(3), pytest.raises(KeyboardInterrupt):
         ImageStore.build(cub, "test", tiny_encoder, tmp_path / "s", shard_size=3)
-    monkeypatch.setattr(stores_mod, "_encode_samples", real)
     store = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "s", shard_size=4)
     assert store.paths == reference.paths and store.build_stats.images_encoded == len(reference)
     np.testing.assert_allclose(store.embeddings, reference.embeddings, atol=2e-3)  # other batches: rounding only

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_data import make_cub_folder
+from fixtures_data import crash_at_shard, make_cub_folder
 
 import zsclip.stores as stores_mod
 from zsclip.datasets import get_dataset
@@ -68,22 +68,11 @@ def test_store_of_another_sample_list_is_refused(tmp_path, tiny_encoder):
 
 def test_interrupted_build_resumes_from_last_shard(cub, tiny_encoder, tmp_path, monkeypatch):
     reference = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "reference", shard_size=4)
-    real = stores_mod._encode_samples
-    calls = {"n": 0}
-
-    def crash_on_second_shard(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(stores_mod, "_encode_samples", crash_on_second_shard)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_shard(2), pytest.raises(KeyboardInterrupt):
         ImageStore.build(cub, "test", tiny_encoder, tmp_path / "store", shard_size=4)
     assert not (tmp_path / "store" / "manifest.json").exists()
     with pytest.raises(ZsclipError, match="unfinished build"):
         ImageStore.open(tmp_path / "store")
-    monkeypatch.setattr(stores_mod, "_encode_samples", real)
     resumed = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "store", shard_size=4)
     first_shard = 4  # the first shard's images were not encoded again
     assert resumed.build_stats.images_encoded == len(reference) + reference.build_stats.images_skipped - first_shard
