@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 from fixtures_data import make_cub_folder
-from fixtures_real import make_clip_retrieval, make_laion_metadata, nickname
+from fixtures_real import make_clip_retrieval, make_image_corpus, make_laion_metadata, nickname
 from typer.testing import CliRunner
 
 from zsclip.cli import app
@@ -281,3 +281,79 @@ def test_subset_names_option_and_class_balanced_training():
     a = train_head(x, y, x[:2], np.arange(2), init, steps=60, seed=1, balance="class")
     np.testing.assert_array_equal(a, train_head(x, y, x[:2], np.arange(2), init, steps=60, seed=1, balance="class"))
     assert not np.array_equal(a, train_head(x, y, x[:2], np.arange(2), init, steps=60, seed=1))
+
+
+# -- a corpus without image embeddings: the retrieved images are encoded once into image stores --------------
+def _direct_encode(encoder, paths):
+    import torch
+    from PIL import Image
+
+    with_pixels = []
+    for p in paths:
+        with Image.open(p) as img:
+            with_pixels.append(encoder.preprocess(img.convert("RGB")))
+    return encoder.encode_images(torch.stack(with_pixels))
+
+
+def test_a_corpus_without_img_emb_encodes_the_retrieved_images_once(cub, tiny_encoder, tmp_path):
+    from zsclip.real import corpus_image_features, image_paths
+
+    folder = make_image_corpus(tmp_path / "imgs", cub.classnames)
+    ctx = RunContext(cub, tiny_encoder)
+    first = run_method(ctx, make_method("real-linear", corpus=str(folder), steps=20)).classifiers[0]
+    rows = first.retrieved_.rows
+    assert len(rows) > 0 and first.fit_info_["image_features"] == "encoded from image files"
+    assert first.fit_info_["corpus_images_encoded"] == len(set(rows.tolist()))  # one file per row, each once
+    # the features are those of a direct encode of each retrieved image file
+    corpus = Corpus.open(folder)
+    paths = image_paths(corpus, rows)
+    assert paths == [str((folder / f"images/{r:05d}.jpg").resolve()) for r in rows]  # the fixture's file of row r
+    feats, info = corpus_image_features(corpus, rows, tiny_encoder)
+    assert info["images_encoded"] == 0 and len(info["stores"]) == 1
+    np.testing.assert_allclose(feats, _direct_encode(tiny_encoder, paths), atol=1e-5)
+    # a second run that needs the features again (another WiSE-FT alpha: a new head) encodes nothing
+    again = run_method(ctx, make_method("real-linear", corpus=str(folder), steps=20, alpha=0.3)).classifiers[0]
+    assert again.fit_info_["head_trained"] and again.fit_info_["corpus_images_encoded"] == 0
+    # a smaller retrieved set (n=2) is a subset of what is stored: nothing encoded, no new store
+    small = run_method(ctx, make_method("real-linear", corpus=str(folder), steps=20, n=2)).classifiers[0]
+    assert small.fit_info_["corpus_images_encoded"] == 0 and small.fit_info_["corpus_image_stores"] == \
+        first.fit_info_["corpus_image_stores"]
+    # an image file replaced since: exactly that one is encoded again, and its new features are used
+    from fixtures_data import class_image
+
+    class_image(3, 24).save(paths[0], format="JPEG")
+    os.utime(paths[0], ns=(1, 1))
+    feats2, info2 = corpus_image_features(corpus, rows, tiny_encoder)
+    assert info2["images_encoded"] == 1
+    np.testing.assert_allclose(feats2[0], _direct_encode(tiny_encoder, paths[:1])[0], atol=1e-5)
+    np.testing.assert_allclose(feats2[1:], feats[1:], atol=1e-6)
+
+
+def test_a_corpus_without_img_emb_gives_clear_errors(cub, tiny_encoder, tmp_path):
+    from zsclip.real import image_paths
+
+    ctx = RunContext(cub, tiny_encoder)
+    folder = make_image_corpus(tmp_path / "imgs", cub.classnames)
+    # a missing image file: which row, which shard, which path
+    corpus = Corpus.open(folder)
+    gone = folder / corpus.read_columns(0, ["image_path"]).column(0)[3].as_py()
+    gone.unlink()
+    with pytest.raises(ZsclipError, match=r"row 3 \(metadata_0.parquet, row 3\): '.*00003.jpg'"):
+        image_paths(corpus, np.array([1, 3, 5]))
+    # kNN needs an image index over every corpus image: refused, pointing to retrieval=string
+    with pytest.raises(ZsclipError, match="retrieval=string"):
+        run_method(ctx, make_method("real-linear", corpus=str(folder), retrieval="knn"))
+    # raw LAION metadata shards name images by URL only: refused before any retrieval, saying what to do
+    raw = make_laion_metadata(tmp_path / "laion", cub.classnames)
+    with pytest.raises(ZsclipError, match="no 'image_path' column.*TEXT, URL.*img2dataset"):
+        run_method(ctx, make_method("real-linear", corpus=str(raw)))
+    # image_path values that are URLs are not downloaded
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    urls = tmp_path / "urls"
+    (urls / "metadata").mkdir(parents=True)
+    pq.write_table(pa.table({"caption": [f"a photo of a {cub.classnames[0]}"], "image_path": ["http://x/0.jpg"]}),
+                   urls / "metadata" / "metadata_0.parquet")
+    with pytest.raises(ZsclipError, match="row 0 .*'http://x/0.jpg'.*URLs are not downloaded"):
+        run_method(ctx, make_method("real-linear", corpus=str(urls), steps=5))

@@ -9,10 +9,11 @@ dataset's templates. Names and counts come from a REAL metrics file (``metrics``
 REAL's) or by the nearest corpus images to the class's prompt embedding through a FAISS index
 (``retrieval=knn``), ranked by caption–name-prompt similarity, top ``n``; a bias-free linear head initialised
 from REAL-Prompt's zero-shot weights is trained on their image embeddings (read from the corpus's ``img_emb``,
-no pixels) and the REAL-Prompt names' single-template text features, then mixed with the zero-shot head
-(WiSE-FT, ``alpha``). Its training data are the retrieved corpus images only: it never reads the dataset's
-splits. The retrieved set (row, caption, score) and the heads are saved under ``<zsclip cache>/real`` keyed
-by the corpus manifest, the names, the model and the parameters, and reused.
+no pixels; a corpus without ``img_emb`` has its retrieved images, named by its ``image_path`` column, encoded once
+into image stores, ``zsclip.real.corpus_image_features``) and the REAL-Prompt names' single-template text
+features, then mixed with the zero-shot head (WiSE-FT, ``alpha``). Its training data are the retrieved corpus
+images only: it never reads the dataset's splits. The retrieved set (row, caption, score) and the heads are saved
+under ``<zsclip cache>/real`` keyed by the corpus manifest, the names, the model and the parameters, and reused.
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ class RealLinear(Method):
     #: trains on retrieved corpus images only: no split of the dataset is read while fitting
     reads_splits = False
     parameters = {
-        "corpus": Param(str, _CORPUS_DOC + " with img_emb/ (required)", nullable=True),
+        "corpus": Param(str, _CORPUS_DOC + " (required); its img_emb/ are the image features, else the retrieved "
+                        "images named by its image_path column are encoded once", nullable=True),
+        "image_root": Param(str, "the folder relative image_path values are read against (default: the corpus "
+                            "folder); only for a corpus without img_emb/", nullable=True),
         "metrics": Param(str, _METRICS_DOC + "; with no counts the names are counted over corpus", nullable=True),
         "templates": Param("templates", _TEMPLATES_DOC),
         "strict": Param(bool, "REAL-Prompt's name rule for the initial weights and text features"),
@@ -125,8 +129,9 @@ class RealLinear(Method):
                  templates: str | Sequence[str] = "ensemble", strict: bool = False, n: int = 500,
                  candidates: int | None = None, retrieval: str = "string", index: str = "Flat",
                  subset_names: str = "keep", balance: str = "none", alpha: float = 0.5,
-                 steps: int = 32_000, seed: int = 0) -> None:
+                 steps: int = 32_000, seed: int = 0, image_root: str | None = None) -> None:
         self.corpus = corpus
+        self.image_root = image_root
         self.metrics = metrics
         self.templates = templates
         self.strict = strict
@@ -148,6 +153,8 @@ class RealLinear(Method):
         from ..real import (
             Retrieved,
             cache_key,
+            corpus_image_features,
+            image_paths,
             name_prompt_embeddings,
             real_cache_dir,
             retrieve_knn,
@@ -157,19 +164,23 @@ class RealLinear(Method):
         )
 
         if self.corpus is None:
-            raise ZsclipError("real-linear needs a caption corpus with image embeddings: -p corpus=DIR "
-                              "(`zsclip world corpus --out DIR` exports the toy world's)")
+            raise ZsclipError("real-linear needs a caption corpus: -p corpus=DIR (`zsclip world corpus --out DIR` "
+                              "exports the toy world's)")
         dataset = ctx.dataset
         corpus = Corpus.open(self.corpus)
-        if not corpus.has_image_embeddings:
-            raise ZsclipError(f"corpus {corpus.path} has no image embeddings (img_emb/img_emb_N.npy beside "
-                              "metadata/); real-linear trains on them")
+        from_files = not corpus.has_image_embeddings
+        if from_files and self.retrieval == "knn":
+            raise ZsclipError(f"corpus {corpus.path} has no image embeddings (img_emb/img_emb_N.npy beside metadata/): "
+                              "kNN retrieval searches every corpus image, so it needs them (clip-retrieval's "
+                              "`inference` makes them); use retrieval=string, which encodes only the retrieved images")
+        if from_files:
+            image_paths(corpus, np.zeros(0, np.int64), self.image_root)  # no image column: refused before retrieval
         prompt_set, chosen, counts = _real_prompt_set(dataset, self.metrics, None if self._has_counts(dataset) else
                                                       self.corpus, self.templates, self.strict)
         cache = ctx.text_cache
         temps = _templates(self.templates, dataset.card)
         text_emb = cache.encode(list(prompt_set.texts))  # C·T single-template text features, class by class
-        if text_emb.shape[1] != corpus.embedding_file(0, "image").shape[1]:
+        if not from_files and text_emb.shape[1] != corpus.embedding_file(0, "image").shape[1]:
             raise ZsclipError(f"corpus {corpus.path} image embeddings have dimension "
                               f"{corpus.embedding_file(0, 'image').shape[1]} but the model's are "
                               f"{text_emb.shape[1]}: the corpus was embedded by another model")
@@ -182,7 +193,9 @@ class RealLinear(Method):
         key_payload = {"corpus": corpus.manifest()["shards"], "corpus_path": str(corpus.path.resolve()),
                        "names": names_per_class, "templates": temps, "n": self.n, "candidates": self.candidates,
                        "retrieval": self.retrieval, "index": self.index if self.retrieval == "knn" else None,
-                       "seed": self.seed, "model": cache.encoder.fingerprint}
+                       "seed": self.seed, "model": cache.encoder.fingerprint,
+                       "image_features": "files" if from_files else "img_emb",
+                       "image_root": str(Path(self.image_root).expanduser().resolve()) if self.image_root else None}
         folder = real_cache_dir() / cache_key(key_payload)
         retrieved = Retrieved.load(folder / "retrieved.parquet")
         reused = retrieved is not None
@@ -200,6 +213,7 @@ class RealLinear(Method):
         per_class = retrieved.per_class(len(chosen))
         empty = [dataset.classnames[c] for c in np.flatnonzero(per_class == 0)]
 
+        image_info: dict[str, Any] = {"images_encoded": 0, "stores": []}
         steps = total_steps(self.n, len(chosen), self.steps)
         head_key = cache_key({**key_payload, "strict": self.strict, "steps": steps, "alpha": self.alpha,
                               "balance": self.balance})
@@ -210,7 +224,10 @@ class RealLinear(Method):
             trained = False
         else:
             if len(retrieved.rows):
-                images = np.asarray(corpus.embeddings(retrieved.rows, "image"), dtype=np.float32)
+                if from_files:
+                    images, image_info = corpus_image_features(corpus, retrieved.rows, cache.encoder, self.image_root)
+                else:
+                    images = np.asarray(corpus.embeddings(retrieved.rows, "image"), dtype=np.float32)
                 learned_w = train_head(images, retrieved.labels, text_emb, text_labels, zs, steps, self.seed,
                                        balance=self.balance)
             else:
@@ -240,6 +257,8 @@ class RealLinear(Method):
             "training_steps": steps, "retrieved_set": cache_display(folder / "retrieved.parquet"),
             "retrieved_reused": reused,
             "head": cache_display(head_path.with_suffix(".json")), "head_trained": trained,
+            "image_features": "encoded from image files" if from_files else "img_emb",
+            "corpus_images_encoded": image_info["images_encoded"], "corpus_image_stores": image_info["stores"],
         }
         return self
 
