@@ -341,7 +341,7 @@ def test_a_corpus_without_img_emb_gives_clear_errors(cub, tiny_encoder, tmp_path
     with pytest.raises(ZsclipError, match=r"row 3 \(metadata_0.parquet, row 3\): '.*00003.jpg'"):
         image_paths(corpus, np.array([1, 3, 5]))
     # kNN needs an image index over every corpus image: refused, pointing to retrieval=string
-    with pytest.raises(ZsclipError, match="retrieval=string"):
+    with pytest.raises(ZsclipError, match="retrieval=string with min_images=0"):
         run_method(ctx, make_method("real-linear", corpus=str(folder), retrieval="knn"))
     # raw LAION metadata shards name images by URL only: refused before any retrieval, saying what to do
     raw = make_laion_metadata(tmp_path / "laion", cub.classnames)
@@ -357,3 +357,51 @@ def test_a_corpus_without_img_emb_gives_clear_errors(cub, tiny_encoder, tmp_path
                    urls / "metadata" / "metadata_0.parquet")
     with pytest.raises(ZsclipError, match="row 0 .*'http://x/0.jpg'.*URLs are not downloaded"):
         run_method(ctx, make_method("real-linear", corpus=str(urls), steps=5))
+
+
+# -- recipe deviations chosen on the toy world's validation split (defaults: the authors') -----------------------
+def test_top_up_adds_each_short_class_its_best_knn_images_up_to_the_minimum():
+    from zsclip.real import Retrieved, top_up
+
+    string = Retrieved(np.array([10, 11, 12, 20]), np.array([0, 0, 0, 1]), np.array([.9, .8, .7, .6], np.float32),
+                       ["a", "b", "c", "d"], np.array([3, 1, 0]))
+    knn = Retrieved(np.array([11, 13, 14, 20, 21, 22, 30, 31]), np.array([0, 0, 0, 1, 1, 1, 2, 2]),
+                    np.array([.5, .4, .3, .5, .4, .3, .2, .1], np.float32), list("efghijkl"), np.array([3, 3, 2]))
+    got = top_up(string, knn, minimum=3, num_classes=3)
+    # class 0 has 3 already; class 1 gets 21, 22 (20 is there); class 2 (never matched) gets 30, 31
+    assert got.rows.tolist() == [10, 11, 12, 20, 21, 22, 30, 31]
+    assert got.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert got.captions == ["a", "b", "c", "d", "i", "j", "k", "l"]
+    np.testing.assert_allclose(got.scores, [.9, .8, .7, .6, .4, .3, .2, .1])
+    assert top_up(string, knn, minimum=0, num_classes=3).rows.tolist() == string.rows.tolist()
+
+
+def test_min_images_tops_up_short_classes_and_the_record_names_the_recipe(cub, cub_corpus, tiny_encoder):
+    ctx = RunContext(cub, tiny_encoder)
+    authors = run_method(ctx, make_method("real-linear", corpus=str(cub_corpus), n=5, steps=10)).classifiers[0]
+    assert authors.fit_info_["recipe"] == "authors' (METHODS §6)"
+    topped = run_method(ctx, make_method("real-linear", corpus=str(cub_corpus), n=5, min_images=4,
+                                         steps=10)).classifiers[0]
+    per = topped.retrieved_.per_class(len(cub.classnames))
+    assert (per >= 4).all() and topped.fit_info_["zero_shot_fallbacks"] == 0  # the never-named class too
+    # every string-matched image is kept, first in its class
+    for c in range(len(cub.classnames)):
+        mine = authors.retrieved_.rows[authors.retrieved_.labels == c].tolist()
+        assert topped.retrieved_.rows[topped.retrieved_.labels == c].tolist()[:len(mine)] == mine
+    assert topped.fit_info_["recipe"] == "deviates from the authors': min_images=4"
+
+
+def test_keep_official_prompts_a_renamed_class_with_both_names(cub, tiny_encoder, tmp_path):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({str(i): {"name": c, "alternates": {c: 3, nickname(c): 9 if i == 0 else 0}}
+                                   for i, c in enumerate(cub.classnames)}))
+    ctx = RunContext(cub, tiny_encoder)
+    plain = make_method("real-prompt", metrics=str(metrics)).build(ctx)
+    both = make_method("real-prompt", metrics=str(metrics), keep_official=True).build(ctx)
+    assert plain.texts_of(0) == [t.replace("{}", nickname(cub.classnames[0])) for t in plain.labels[:len(
+        plain.texts_of(0))]]
+    assert both.texts_of(0) == plain.texts_of(0) + [t.replace("{}", cub.classnames[0])
+                                                      for t in plain.labels[:len(plain.texts_of(0))]]
+    assert both.texts_of(1) == plain.texts_of(1)  # not renamed: one name, as before
+    assert both.info["recipe"] == "deviates from the authors': keep_official=true"
+    assert plain.info["recipe"] == "authors' (METHODS §6)"

@@ -305,6 +305,27 @@ def retrieve_knn(corpus: Corpus, index: Any, queries: np.ndarray, name_emb: Sequ
     return _gather(corpus, [np.sort(r[r >= 0]) for r in rows], name_emb, n, encode)
 
 
+def top_up(string: Retrieved, knn: Retrieved, minimum: int, num_classes: int) -> Retrieved:
+    """``string``'s images, plus for each class with fewer than ``minimum`` of them its best-ranked ``knn`` images
+    not already there, up to ``minimum`` (a deviation from REAL, whose classes keep what string matching finds).
+
+    The kNN images keep their order (REAL's ranking) and follow the class's string-matched ones.
+    """
+    rows, labels, scores, captions = [string.rows], [string.labels], [string.scores], list(string.captions)
+    for c in range(num_classes):
+        have = set(string.rows[string.labels == c].tolist())
+        need = minimum - len(have)
+        if need <= 0:
+            continue
+        pos = [i for i in np.flatnonzero(knn.labels == c) if int(knn.rows[i]) not in have][:need]
+        rows.append(knn.rows[pos])
+        labels.append(np.full(len(pos), c, np.int64))
+        scores.append(knn.scores[pos])
+        captions += [knn.captions[i] for i in pos]
+    return Retrieved(np.concatenate(rows), np.concatenate(labels), np.concatenate(scores), captions,
+                     string.candidates)
+
+
 # --------------------------------------------------------------------------------------------------------
 # image features of a corpus without img_emb: the retrieved images, encoded once into image stores
 #: the metadata column naming each row's image file (clip-retrieval's)

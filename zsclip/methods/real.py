@@ -55,15 +55,17 @@ def _templates(spec: str | Sequence[str], card: Any) -> list[str]:
 
 
 def _real_prompt_set(dataset: Any, metrics: str | None, corpus: str | None, templates: str | Sequence[str],
-                     strict: bool) -> tuple[PromptSet, list[str], list[Any]]:
+                     strict: bool, keep_official: bool = False) -> tuple[PromptSet, list[str], list[Any]]:
     from ..real import replacements, resolve_names
 
     counts, source = resolve_names(dataset, metrics, corpus)
     chosen, changed = replacements(dataset.classnames, counts, strict)
     temps = _templates(templates, dataset.card)
-    per_class = [[(format_template(t, name), t) for t in temps] for name in chosen]
+    per_class = [[(format_template(t, n), t) for n in dict.fromkeys([name, official] if keep_official else [name])
+                  for t in temps] for name, official in zip(chosen, dataset.classnames)]
     info = {"names_from": source, "rule": "strict" if strict else "relaxed", "num_templates": len(temps),
-            "renamed": len(changed), "replacements": changed}
+            "renamed": len(changed), "replacements": changed,
+            "recipe": "deviates from the authors': keep_official=true" if keep_official else "authors' (METHODS §6)"}
     return PromptSet.from_lists(dataset.classnames, per_class, "prototype", "real-prompt", info), chosen, counts
 
 
@@ -78,17 +80,24 @@ class RealPrompt(Method):
         "templates": Param("templates", _TEMPLATES_DOC),
         "strict": Param(bool, "take the most frequent name even when its words are a subset of the official "
                         "name's (the rule REAL's Stanford Cars names follow); default: the relaxed word-set rule"),
+        "keep_official": Param(bool, "deviates from REAL (false, the default, is the authors' recipe): a renamed "
+                               "class is prompted with its chosen AND its official name (both names' template "
+                               "prompts averaged), so it keeps what the text tower knows of the official name "
+                               "(e.g. its genus word)"),
     }
 
     def __init__(self, metrics: str | None = None, corpus: str | None = None,
-                 templates: str | Sequence[str] = "ensemble", strict: bool = False) -> None:
+                 templates: str | Sequence[str] = "ensemble", strict: bool = False,
+                 keep_official: bool = False) -> None:
         self.metrics = metrics
         self.corpus = corpus
         self.templates = templates
         self.strict = strict
+        self.keep_official = keep_official
 
     def build(self, ctx: Any) -> PromptSet:
-        return _real_prompt_set(dataset_of(ctx), self.metrics, self.corpus, self.templates, self.strict)[0]
+        return _real_prompt_set(dataset_of(ctx), self.metrics, self.corpus, self.templates, self.strict,
+                                self.keep_official)[0]
 
 
 @register_method("real-linear")
@@ -120,6 +129,11 @@ class RealLinear(Method):
         "balance": Param(str, "how training draws the retrieved images: none (uniformly, the authors', default) "
                          "or class (each class equally often, so that tail classes with few images are not drowned)",
                          choices=("none", "class")),
+        "min_images": Param(int, "deviates from REAL (0, the default, is the authors' recipe): a class whose string "
+                            "matching keeps fewer than min_images images is topped up to min_images with its "
+                            "best-ranked kNN images (retrieval=knn's, same n and ranking), so rarely or never named "
+                            "classes get images; needs img_emb/. Chosen on the toy world's validation split: 200",
+                            low=0),
         "alpha": Param(float, "WiSE-FT mixing: alpha·learned + (1 − alpha)·zero-shot", low=0.0, high=1.0),
         "steps": Param(int, "cap on training steps: min(steps, n·C·10/32)", low=1),
         "seed": Param(int, "seed of the candidate shuffle and of the training batches", low=0),
@@ -129,7 +143,7 @@ class RealLinear(Method):
                  templates: str | Sequence[str] = "ensemble", strict: bool = False, n: int = 500,
                  candidates: int | None = None, retrieval: str = "string", index: str = "Flat",
                  subset_names: str = "keep", balance: str = "none", alpha: float = 0.5,
-                 steps: int = 32_000, seed: int = 0, image_root: str | None = None) -> None:
+                 min_images: int = 0, steps: int = 32_000, seed: int = 0, image_root: str | None = None) -> None:
         self.corpus = corpus
         self.image_root = image_root
         self.metrics = metrics
@@ -141,6 +155,7 @@ class RealLinear(Method):
         self.index = index
         self.subset_names = subset_names
         self.balance = balance
+        self.min_images = min_images
         self.alpha = alpha
         self.steps = steps
         self.seed = seed
@@ -159,6 +174,7 @@ class RealLinear(Method):
             real_cache_dir,
             retrieve_knn,
             retrieve_string,
+            top_up,
             total_steps,
             train_head,
         )
@@ -169,10 +185,11 @@ class RealLinear(Method):
         dataset = ctx.dataset
         corpus = Corpus.open(self.corpus)
         from_files = not corpus.has_image_embeddings
-        if from_files and self.retrieval == "knn":
+        if from_files and (self.retrieval == "knn" or self.min_images):
             raise ZsclipError(f"corpus {corpus.path} has no image embeddings (img_emb/img_emb_N.npy beside metadata/): "
-                              "kNN retrieval searches every corpus image, so it needs them (clip-retrieval's "
-                              "`inference` makes them); use retrieval=string, which encodes only the retrieved images")
+                              "kNN retrieval (retrieval=knn, or the top-up of min_images) searches every corpus "
+                              "image, so it needs them (clip-retrieval's `inference` makes them); use "
+                              "retrieval=string with min_images=0, which encodes only the retrieved images")
         if from_files:
             image_paths(corpus, np.zeros(0, np.int64), self.image_root)  # no image column: refused before retrieval
         prompt_set, chosen, counts = _real_prompt_set(dataset, self.metrics, None if self._has_counts(dataset) else
@@ -192,7 +209,8 @@ class RealLinear(Method):
 
         key_payload = {"corpus": corpus.manifest()["shards"], "corpus_path": str(corpus.path.resolve()),
                        "names": names_per_class, "templates": temps, "n": self.n, "candidates": self.candidates,
-                       "retrieval": self.retrieval, "index": self.index if self.retrieval == "knn" else None,
+                       "retrieval": self.retrieval, "min_images": self.min_images if self.retrieval == "string" else 0,
+                       "index": self.index if self.retrieval == "knn" or self.min_images else None,
                        "seed": self.seed, "model": cache.encoder.fingerprint,
                        "image_features": "files" if from_files else "img_emb",
                        "image_root": str(Path(self.image_root).expanduser().resolve()) if self.image_root else None}
@@ -200,15 +218,21 @@ class RealLinear(Method):
         retrieved = Retrieved.load(folder / "retrieved.parquet")
         reused = retrieved is not None
         if retrieved is None:
-            if self.retrieval == "string":
-                retrieved = retrieve_string(corpus, names_per_class, name_emb, self.n, self.seed, cache.encode,
-                                            self.candidates)
-            else:
+            knn = None
+            if self.retrieval == "knn" or self.min_images:
                 from ..corpus_index import CorpusIndex
 
                 index = CorpusIndex.open(corpus, "image", self.index)
-                retrieved = retrieve_knn(corpus, index, zs, name_emb, self.n, self.candidates or 2 * self.n,
-                                         cache.encode)
+                knn = retrieve_knn(corpus, index, zs, name_emb, self.n, self.candidates or 2 * self.n, cache.encode)
+            if self.retrieval == "string":
+                retrieved = retrieve_string(corpus, names_per_class, name_emb, self.n, self.seed, cache.encode,
+                                            self.candidates)
+                if self.min_images and knn is not None:
+                    retrieved = top_up(retrieved, knn, min(self.min_images, self.n), len(chosen))
+                    log.info("real-linear: topped up to %d images per class with kNN images", self.min_images)
+            else:
+                assert knn is not None
+                retrieved = knn
             retrieved.save(folder / "retrieved.parquet", {"params": key_payload, "classes": list(dataset.classnames)})
         per_class = retrieved.per_class(len(chosen))
         empty = [dataset.classnames[c] for c in np.flatnonzero(per_class == 0)]
@@ -253,6 +277,7 @@ class RealLinear(Method):
                                     "max": int(per_class.max())},
             "classes_without_images": empty, "zero_shot_fallbacks": len(empty),
             "candidates_per_class_median": float(np.median(retrieved.candidates)) if len(retrieved.candidates) else 0,
+            "recipe": self._recipe(),
             "retrieval_names_dropped": sum(len(c.alternates) - len(n) for c, n in zip(counts, names_per_class)),
             "training_steps": steps, "retrieved_set": cache_display(folder / "retrieved.parquet"),
             "retrieved_reused": reused,
@@ -261,6 +286,14 @@ class RealLinear(Method):
             "corpus_images_encoded": image_info["images_encoded"], "corpus_image_stores": image_info["stores"],
         }
         return self
+
+    def _recipe(self) -> str:
+        """Which recipe ran: the authors', or the deviations from it that the parameters ask for."""
+        changes = [f"{k}={v}" for k, v, default in (("subset_names", self.subset_names, "keep"),
+                                                    ("balance", self.balance, "none"),
+                                                    ("min_images", self.min_images, 0),
+                                                    ("retrieval", self.retrieval, "string")) if v != default]
+        return "authors' (METHODS §6)" if not changes else "deviates from the authors': " + ", ".join(changes)
 
     def _has_counts(self, dataset: Any) -> bool:
         """Whether ``metrics`` (or the card's synonyms) hold counts; otherwise names are counted over the corpus."""
