@@ -218,6 +218,16 @@ def test_laion_fixture_count_then_real_prompt_then_real_linear_via_the_cli(cub, 
     rec = json.loads(rl.read_text())
     assert rec["fit_info"]["retrieved_images"] > 0 and rec["fit_info"]["renamed"] == 1
     assert rec["method"]["params"]["corpus"] == str(cub_corpus)
+    # the raw shards name images by URL only and have no img_emb: one clear line, exit code 2
+    res = runner.invoke(app, [*base, "-m", "real-linear", "-p", f"corpus={raw}", "-p", f"metrics={metrics}"])
+    assert res.exit_code == 2 and "no 'image_path' column" in res.output and "img2dataset" in res.output
+    # the same captions with downloaded image files (no img_emb): the retrieved images are encoded
+    images = make_image_corpus(tmp_path / "imgs", cub.classnames)
+    res = runner.invoke(app, [*base, "-m", "real-linear", "-p", f"corpus={images}", "-p", f"metrics={metrics}",
+                              "-p", "steps=10", "-o", str(rl)])
+    assert res.exit_code == 0, res.output
+    info = json.loads(rl.read_text())["fit_info"]
+    assert info["image_features"] == "encoded from image files" and info["corpus_images_encoded"] > 0
 
 
 def test_bad_inputs_get_clear_errors(cub, tiny_model, tmp_path):
