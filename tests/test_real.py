@@ -339,6 +339,20 @@ def test_a_corpus_without_img_emb_encodes_the_retrieved_images_once(cub, tiny_en
     np.testing.assert_allclose(feats2[1:], feats[1:], atol=1e-6)
 
 
+def test_encoding_corpus_images_resumes_after_a_crash(cub, tiny_encoder, tmp_path):
+    from fixtures_data import crash_at_shard
+
+    from zsclip.real import corpus_image_features, image_paths
+
+    corpus = Corpus.open(make_image_corpus(tmp_path / "imgs", cub.classnames))
+    rows = np.arange(25, dtype=np.int64)
+    with crash_at_shard(2), pytest.raises(KeyboardInterrupt):  # dies after one whole shard of 10 images
+        corpus_image_features(corpus, rows, tiny_encoder, shard_size=10)
+    feats, info = corpus_image_features(corpus, rows, tiny_encoder, shard_size=10)
+    assert info["images_encoded"] == 15  # the first shard was kept
+    np.testing.assert_allclose(feats, _direct_encode(tiny_encoder, image_paths(corpus, rows)), atol=1e-5)
+
+
 def test_a_corpus_without_img_emb_gives_clear_errors(cub, tiny_encoder, tmp_path):
     from zsclip.real import image_paths
 
@@ -399,6 +413,8 @@ def test_min_images_tops_up_short_classes_and_the_record_names_the_recipe(cub, c
         mine = authors.retrieved_.rows[authors.retrieved_.labels == c].tolist()
         assert topped.retrieved_.rows[topped.retrieved_.labels == c].tolist()[:len(mine)] == mine
     assert topped.fit_info_["recipe"] == "deviates from the authors': min_images=4"
+    with pytest.raises(ZsclipError, match="leave min_images at 0"):
+        run_method(ctx, make_method("real-linear", corpus=str(cub_corpus), retrieval="knn", min_images=4))
 
 
 def test_keep_official_prompts_a_renamed_class_with_both_names(cub, tiny_encoder, tmp_path):

@@ -391,14 +391,14 @@ def image_paths(corpus: Corpus, rows: np.ndarray, image_root: str | Path | None 
 
 
 def corpus_image_features(corpus: Corpus, rows: np.ndarray, encoder: Any, image_root: str | Path | None = None,
-                          folder: Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                          folder: Path | None = None, shard_size: int = 1024) -> tuple[np.ndarray, dict[str, Any]]:
     """Image embeddings (``len(rows) × D`` float32) of corpus ``rows`` for a corpus without ``img_emb``.
 
     Each image is encoded once, ever, per model: stores under ``folder`` (default
     ``<zsclip cache>/corpus-images/<model fingerprint>``) are looked up first, by absolute file path, and
     refreshed when a file changed (size or mtime); the images found in none are encoded into one new store
-    (resumable: an interrupted encoding restarts from its last whole shard). Returns the features and what
-    was done (``images_encoded``, ``stores``).
+    (resumable: an interrupted encoding restarts after its last whole shard of ``shard_size`` images). Returns
+    the features and what was done (``images_encoded``, ``stores``).
     """
     from .stores import MANIFEST, ImageStore
 
@@ -424,13 +424,14 @@ def corpus_image_features(corpus: Corpus, rows: np.ndarray, encoder: Any, image_
         listed = [order[i] for i in sorted(order)]
         if wanted.isdisjoint(listed) or wanted.issubset(found):
             continue
-        store = ImageStore.build(CorpusImages(listed), "images", encoder, store_dir)  # re-encodes changed files
+        store = ImageStore.build(CorpusImages(listed), "images", encoder, store_dir,  # re-encodes changed files
+                                 shard_size=shard_size)
         encoded += store.build_stats.images_encoded
         take(store)
     new = sorted(wanted - set(found))
     if new:
         store = ImageStore.build(CorpusImages(new), "images", encoder, folder / f"store-{cache_key({'paths': new})}",
-                                 dtype="float32")
+                                 dtype="float32", shard_size=shard_size)
         encoded += store.build_stats.images_encoded
         take(store)
     lost = [(int(r), p) for r, p in zip(rows, paths) if p not in found]

@@ -182,6 +182,9 @@ class RealLinear(Method):
         if self.corpus is None:
             raise ZsclipError("real-linear needs a caption corpus: -p corpus=DIR (`zsclip world corpus --out DIR` "
                               "exports the toy world's)")
+        if self.min_images and self.retrieval != "string":
+            raise ZsclipError(f"min_images tops up string-match retrieval with kNN images; with retrieval="
+                              f"{self.retrieval} every class already gets n images: leave min_images at 0")
         dataset = ctx.dataset
         corpus = Corpus.open(self.corpus)
         from_files = not corpus.has_image_embeddings
@@ -209,7 +212,7 @@ class RealLinear(Method):
 
         key_payload = {"corpus": corpus.manifest()["shards"], "corpus_path": str(corpus.path.resolve()),
                        "names": names_per_class, "templates": temps, "n": self.n, "candidates": self.candidates,
-                       "retrieval": self.retrieval, "min_images": self.min_images if self.retrieval == "string" else 0,
+                       "retrieval": self.retrieval, "min_images": self.min_images,
                        "index": self.index if self.retrieval == "knn" or self.min_images else None,
                        "seed": self.seed, "model": cache.encoder.fingerprint,
                        "image_features": "files" if from_files else "img_emb",
