@@ -82,8 +82,7 @@ class RealPrompt(Method):
                         "name's (the rule REAL's Stanford Cars names follow); default: the relaxed word-set rule"),
         "keep_official": Param(bool, "deviates from REAL (false, the default, is the authors' recipe): a renamed "
                                "class is prompted with its chosen AND its official name (both names' template "
-                               "prompts averaged), so it keeps what the text tower knows of the official name "
-                               "(e.g. its genus word)"),
+                               "prompts averaged), so it keeps what the text tower knows of the official name"),
     }
 
     def __init__(self, metrics: str | None = None, corpus: str | None = None,
@@ -132,7 +131,8 @@ class RealLinear(Method):
         "min_images": Param(int, "deviates from REAL (0, the default, is the authors' recipe): a class whose string "
                             "matching keeps fewer than min_images images is topped up to min_images with its "
                             "best-ranked kNN images (retrieval=knn's, same n and ranking), so rarely or never named "
-                            "classes get images; needs img_emb/. Chosen on the toy world's validation split: 200",
+                            "classes get images; needs img_emb/. Chosen on the toy world's validation split: 150 "
+                            "(with subset_names=drop, alpha=0.7; docs/real.md)",
                             low=0),
         "alpha": Param(float, "WiSE-FT mixing: alpha·learned + (1 − alpha)·zero-shot", low=0.0, high=1.0),
         "steps": Param(int, "cap on training steps: min(steps, n·C·10/32)", low=1),
@@ -231,8 +231,9 @@ class RealLinear(Method):
                 retrieved = retrieve_string(corpus, names_per_class, name_emb, self.n, self.seed, cache.encode,
                                             self.candidates)
                 if self.min_images and knn is not None:
-                    retrieved = top_up(retrieved, knn, min(self.min_images, self.n), len(chosen))
-                    log.info("real-linear: topped up to %d images per class with kNN images", self.min_images)
+                    floor = min(self.min_images, self.n)
+                    retrieved = top_up(retrieved, knn, floor, len(chosen))
+                    log.info("real-linear: classes topped up to %d images with kNN images", floor)
             else:
                 assert knn is not None
                 retrieved = knn
@@ -295,6 +296,7 @@ class RealLinear(Method):
         changes = [f"{k}={v}" for k, v, default in (("subset_names", self.subset_names, "keep"),
                                                     ("balance", self.balance, "none"),
                                                     ("min_images", self.min_images, 0),
+                                                    ("alpha", self.alpha, 0.5),
                                                     ("retrieval", self.retrieval, "string")) if v != default]
         return "authors' (METHODS §6)" if not changes else "deviates from the authors': " + ", ".join(changes)
 
