@@ -67,3 +67,25 @@ def make_laion_metadata(folder: Path, classnames: Sequence[str], shards: int = 2
                                  "NSFW": ["UNLIKELY"] * len(part), "similarity": [0.3] * len(part)}),
                        folder / f"part-{k:05d}.parquet")
     return folder
+
+
+def make_image_corpus(folder: Path, classnames: Sequence[str], shard_rows: int = 20, seed: int = 0) -> Path:
+    """A clip-retrieval folder WITHOUT img_emb/: ``metadata/metadata_N.parquet`` (caption, image_path relative to
+    the folder, url) and one small real JPEG per row under ``images/`` (class-coloured, as in the CUB fixture)."""
+    from fixtures_data import class_image
+
+    captions, labels = corpus_rows(classnames, seed=seed)
+    (folder / "metadata").mkdir(parents=True, exist_ok=True)
+    (folder / "images").mkdir(exist_ok=True)
+    rng = random.Random(seed)
+    paths = []
+    for i, label in enumerate(labels):
+        rel = f"images/{i:05d}.jpg"
+        class_image(label if label >= 0 else len(classnames) + i % 3, 24, rng).save(folder / rel, format="JPEG")
+        paths.append(rel)
+    for k, lo in enumerate(range(0, len(captions), shard_rows)):
+        hi = min(len(captions), lo + shard_rows)
+        pq.write_table(pa.table({"caption": captions[lo:hi], "image_path": paths[lo:hi],
+                                 "url": [f"http://x/{i}.jpg" for i in range(lo, hi)]}),
+                       folder / "metadata" / f"metadata_{k}.parquet")
+    return folder

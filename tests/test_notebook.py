@@ -38,6 +38,7 @@ def test_real_tail_notebook_executes(shared_notebook_home):
     assert len(figures) == 2  # accuracy against frequency, the retrieved images
     text = "".join(o.get("text", "") for o in outputs)
     assert "classes renamed" in text and "name-trap species left unchanged" in text and "top " in text
+    assert "names dropped from retrieval" in text
 
 
 def test_prompt_search_notebook_executes(shared_notebook_home, tmp_path, monkeypatch):

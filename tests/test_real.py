@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 from fixtures_data import make_cub_folder
-from fixtures_real import make_clip_retrieval, make_laion_metadata, nickname
+from fixtures_real import make_clip_retrieval, make_image_corpus, make_laion_metadata, nickname
 from typer.testing import CliRunner
 
 from zsclip.cli import app
@@ -218,6 +218,16 @@ def test_laion_fixture_count_then_real_prompt_then_real_linear_via_the_cli(cub, 
     rec = json.loads(rl.read_text())
     assert rec["fit_info"]["retrieved_images"] > 0 and rec["fit_info"]["renamed"] == 1
     assert rec["method"]["params"]["corpus"] == str(cub_corpus)
+    # the raw shards name images by URL only and have no img_emb: one clear line, exit code 2
+    res = runner.invoke(app, [*base, "-m", "real-linear", "-p", f"corpus={raw}", "-p", f"metrics={metrics}"])
+    assert res.exit_code == 2 and "no 'image_path' column" in res.output and "img2dataset" in res.output
+    # the same captions with downloaded image files (no img_emb): the retrieved images are encoded
+    images = make_image_corpus(tmp_path / "imgs", cub.classnames)
+    res = runner.invoke(app, [*base, "-m", "real-linear", "-p", f"corpus={images}", "-p", f"metrics={metrics}",
+                              "-p", "steps=10", "-o", str(rl)])
+    assert res.exit_code == 0, res.output
+    info = json.loads(rl.read_text())["fit_info"]
+    assert info["image_features"] == "encoded from image files" and info["corpus_images_encoded"] > 0
 
 
 def test_bad_inputs_get_clear_errors(cub, tiny_model, tmp_path):
@@ -281,3 +291,143 @@ def test_subset_names_option_and_class_balanced_training():
     a = train_head(x, y, x[:2], np.arange(2), init, steps=60, seed=1, balance="class")
     np.testing.assert_array_equal(a, train_head(x, y, x[:2], np.arange(2), init, steps=60, seed=1, balance="class"))
     assert not np.array_equal(a, train_head(x, y, x[:2], np.arange(2), init, steps=60, seed=1))
+
+
+# -- a corpus without image embeddings: the retrieved images are encoded once into image stores --------------
+def _direct_encode(encoder, paths):
+    import torch
+    from PIL import Image
+
+    with_pixels = []
+    for p in paths:
+        with Image.open(p) as img:
+            with_pixels.append(encoder.preprocess(img.convert("RGB")))
+    return encoder.encode_images(torch.stack(with_pixels))
+
+
+def test_a_corpus_without_img_emb_encodes_the_retrieved_images_once(cub, tiny_encoder, tmp_path):
+    from zsclip.real import corpus_image_features, image_paths
+
+    folder = make_image_corpus(tmp_path / "imgs", cub.classnames)
+    ctx = RunContext(cub, tiny_encoder)
+    first = run_method(ctx, make_method("real-linear", corpus=str(folder), steps=20)).classifiers[0]
+    rows = first.retrieved_.rows
+    assert len(rows) > 0 and first.fit_info_["image_features"] == "encoded from image files"
+    assert first.fit_info_["corpus_images_encoded"] == len(set(rows.tolist()))  # one file per row, each once
+    # the features are those of a direct encode of each retrieved image file
+    corpus = Corpus.open(folder)
+    paths = image_paths(corpus, rows)
+    assert paths == [str((folder / f"images/{r:05d}.jpg").resolve()) for r in rows]  # the fixture's file of row r
+    feats, info = corpus_image_features(corpus, rows, tiny_encoder)
+    assert info["images_encoded"] == 0 and len(info["stores"]) == 1
+    np.testing.assert_allclose(feats, _direct_encode(tiny_encoder, paths), atol=1e-5)
+    # a second run that needs the features again (another WiSE-FT alpha: a new head) encodes nothing
+    again = run_method(ctx, make_method("real-linear", corpus=str(folder), steps=20, alpha=0.3)).classifiers[0]
+    assert again.fit_info_["head_trained"] and again.fit_info_["corpus_images_encoded"] == 0
+    # a smaller retrieved set (n=2) is a subset of what is stored: nothing encoded, no new store
+    small = run_method(ctx, make_method("real-linear", corpus=str(folder), steps=20, n=2)).classifiers[0]
+    assert small.fit_info_["corpus_images_encoded"] == 0 and small.fit_info_["corpus_image_stores"] == \
+        first.fit_info_["corpus_image_stores"]
+    # an image file replaced since: exactly that one is encoded again, and its new features are used
+    from fixtures_data import class_image
+
+    class_image(3, 24).save(paths[0], format="JPEG")
+    os.utime(paths[0], ns=(1, 1))
+    feats2, info2 = corpus_image_features(corpus, rows, tiny_encoder)
+    assert info2["images_encoded"] == 1
+    np.testing.assert_allclose(feats2[0], _direct_encode(tiny_encoder, paths[:1])[0], atol=1e-5)
+    np.testing.assert_allclose(feats2[1:], feats[1:], atol=1e-6)
+
+
+def test_encoding_corpus_images_resumes_after_a_crash(cub, tiny_encoder, tmp_path):
+    from fixtures_data import crash_at_shard
+
+    from zsclip.real import corpus_image_features, image_paths
+
+    corpus = Corpus.open(make_image_corpus(tmp_path / "imgs", cub.classnames))
+    rows = np.arange(25, dtype=np.int64)
+    with crash_at_shard(2), pytest.raises(KeyboardInterrupt):  # dies after one whole shard of 10 images
+        corpus_image_features(corpus, rows, tiny_encoder, shard_size=10)
+    feats, info = corpus_image_features(corpus, rows, tiny_encoder, shard_size=10)
+    assert info["images_encoded"] == 15  # the first shard was kept
+    np.testing.assert_allclose(feats, _direct_encode(tiny_encoder, image_paths(corpus, rows)), atol=1e-5)
+
+
+def test_a_corpus_without_img_emb_gives_clear_errors(cub, tiny_encoder, tmp_path):
+    from zsclip.real import image_paths
+
+    ctx = RunContext(cub, tiny_encoder)
+    folder = make_image_corpus(tmp_path / "imgs", cub.classnames)
+    # a missing image file: which row, which shard, which path
+    corpus = Corpus.open(folder)
+    gone = folder / corpus.read_columns(0, ["image_path"]).column(0)[3].as_py()
+    gone.unlink()
+    with pytest.raises(ZsclipError, match=r"row 3 \(metadata_0.parquet, row 3\): '.*00003.jpg'"):
+        image_paths(corpus, np.array([1, 3, 5]))
+    # kNN needs an image index over every corpus image: refused, pointing to retrieval=string
+    with pytest.raises(ZsclipError, match="retrieval=string with min_images=0"):
+        run_method(ctx, make_method("real-linear", corpus=str(folder), retrieval="knn"))
+    # raw LAION metadata shards name images by URL only: refused before any retrieval, saying what to do
+    raw = make_laion_metadata(tmp_path / "laion", cub.classnames)
+    with pytest.raises(ZsclipError, match="no 'image_path' column.*TEXT, URL.*img2dataset"):
+        run_method(ctx, make_method("real-linear", corpus=str(raw)))
+    # image_path values that are URLs are not downloaded
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    urls = tmp_path / "urls"
+    (urls / "metadata").mkdir(parents=True)
+    pq.write_table(pa.table({"caption": [f"a photo of a {cub.classnames[0]}"], "image_path": ["http://x/0.jpg"]}),
+                   urls / "metadata" / "metadata_0.parquet")
+    with pytest.raises(ZsclipError, match="row 0 .*'http://x/0.jpg'.*URLs are not downloaded"):
+        run_method(ctx, make_method("real-linear", corpus=str(urls), steps=5))
+
+
+# -- recipe deviations chosen on the toy world's validation split (defaults: the authors') -----------------------
+def test_top_up_adds_each_short_class_its_best_knn_images_up_to_the_minimum():
+    from zsclip.real import Retrieved, top_up
+
+    string = Retrieved(np.array([10, 11, 12, 20]), np.array([0, 0, 0, 1]), np.array([.9, .8, .7, .6], np.float32),
+                       ["a", "b", "c", "d"], np.array([3, 1, 0]))
+    knn = Retrieved(np.array([11, 13, 14, 20, 21, 22, 30, 31]), np.array([0, 0, 0, 1, 1, 1, 2, 2]),
+                    np.array([.5, .4, .3, .5, .4, .3, .2, .1], np.float32), list("efghijkl"), np.array([3, 3, 2]))
+    got = top_up(string, knn, minimum=3, num_classes=3)
+    # class 0 has 3 already; class 1 gets 21, 22 (20 is there); class 2 (never matched) gets 30, 31
+    assert got.rows.tolist() == [10, 11, 12, 20, 21, 22, 30, 31]
+    assert got.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert got.captions == ["a", "b", "c", "d", "i", "j", "k", "l"]
+    np.testing.assert_allclose(got.scores, [.9, .8, .7, .6, .4, .3, .2, .1])
+    assert top_up(string, knn, minimum=0, num_classes=3).rows.tolist() == string.rows.tolist()
+
+
+def test_min_images_tops_up_short_classes_and_the_record_names_the_recipe(cub, cub_corpus, tiny_encoder):
+    ctx = RunContext(cub, tiny_encoder)
+    authors = run_method(ctx, make_method("real-linear", corpus=str(cub_corpus), n=5, steps=10)).classifiers[0]
+    assert authors.fit_info_["recipe"] == "authors' (METHODS §6)"
+    topped = run_method(ctx, make_method("real-linear", corpus=str(cub_corpus), n=5, min_images=4,
+                                         steps=10)).classifiers[0]
+    per = topped.retrieved_.per_class(len(cub.classnames))
+    assert (per >= 4).all() and topped.fit_info_["zero_shot_fallbacks"] == 0  # the never-named class too
+    # every string-matched image is kept, first in its class
+    for c in range(len(cub.classnames)):
+        mine = authors.retrieved_.rows[authors.retrieved_.labels == c].tolist()
+        assert topped.retrieved_.rows[topped.retrieved_.labels == c].tolist()[:len(mine)] == mine
+    assert topped.fit_info_["recipe"] == "deviates from the authors': min_images=4"
+    with pytest.raises(ZsclipError, match="leave min_images at 0"):
+        run_method(ctx, make_method("real-linear", corpus=str(cub_corpus), retrieval="knn", min_images=4))
+
+
+def test_keep_official_prompts_a_renamed_class_with_both_names(cub, tiny_encoder, tmp_path):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({str(i): {"name": c, "alternates": {c: 3, nickname(c): 9 if i == 0 else 0}}
+                                   for i, c in enumerate(cub.classnames)}))
+    ctx = RunContext(cub, tiny_encoder)
+    plain = make_method("real-prompt", metrics=str(metrics)).build(ctx)
+    both = make_method("real-prompt", metrics=str(metrics), keep_official=True).build(ctx)
+    assert plain.texts_of(0) == [t.replace("{}", nickname(cub.classnames[0])) for t in plain.labels[:len(
+        plain.texts_of(0))]]
+    assert both.texts_of(0) == plain.texts_of(0) + [t.replace("{}", cub.classnames[0])
+                                                      for t in plain.labels[:len(plain.texts_of(0))]]
+    assert both.texts_of(1) == plain.texts_of(1)  # not renamed: one name, as before
+    assert both.info["recipe"] == "deviates from the authors': keep_official=true"
+    assert plain.info["recipe"] == "authors' (METHODS §6)"

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,9 @@ import numpy as np
 from ._io import read_json, write_json_atomic
 from .corpus import Corpus
 from .corpus_count import ClassNames, count_corpus, match_rows, phrase_of, read_synonyms
+from .datasets.base import Dataset, Sample
 from .errors import ZsclipError
-from .paths import cache_root, display_path, locate, resource_dir
+from .paths import cache_display, cache_root, display_path, locate, resource_dir
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +303,144 @@ def retrieve_knn(corpus: Corpus, index: Any, queries: np.ndarray, name_emb: Sequ
     ranking and cap (mean caption–name-prompt similarity, top ``n`` with score ≥ 0)."""
     _, rows = index.search(_unit_rows(queries), k)
     return _gather(corpus, [np.sort(r[r >= 0]) for r in rows], name_emb, n, encode)
+
+
+def top_up(string: Retrieved, knn: Retrieved, minimum: int, num_classes: int) -> Retrieved:
+    """``string``'s images, plus for each class with fewer than ``minimum`` of them its best-ranked ``knn`` images
+    not already there, up to ``minimum`` (a deviation from REAL, whose classes keep what string matching finds).
+
+    The kNN images keep their order (REAL's ranking) and follow the class's string-matched ones.
+    """
+    rows, labels, scores, captions = [string.rows], [string.labels], [string.scores], list(string.captions)
+    for c in range(num_classes):
+        have = set(string.rows[string.labels == c].tolist())
+        need = minimum - len(have)
+        if need <= 0:
+            continue
+        pos = [i for i in np.flatnonzero(knn.labels == c) if int(knn.rows[i]) not in have][:need]
+        rows.append(knn.rows[pos])
+        labels.append(np.full(len(pos), c, np.int64))
+        scores.append(knn.scores[pos])
+        captions += [knn.captions[i] for i in pos]
+    return Retrieved(np.concatenate(rows), np.concatenate(labels), np.concatenate(scores), captions,
+                     string.candidates)
+
+
+# --------------------------------------------------------------------------------------------------------
+# image features of a corpus without img_emb: the retrieved images, encoded once into image stores
+#: the metadata column naming each row's image file (clip-retrieval's)
+IMAGE_COLUMN = "image_path"
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+class CorpusImages(Dataset):
+    """Some corpus images as a one-split dataset (split ``images``, one pseudo-class), so that the image-store
+    machinery (``zsclip.stores.ImageStore``: resumable shards, checksums, re-encoding of changed files)
+    encodes them. ``paths`` are absolute image files, in store order."""
+
+    name = "corpus-images"
+    splits = ("images",)
+    default_split = "images"
+    split_roles: dict[str, str] = {}
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        super().__init__()
+        self.classnames = ["corpus image"]
+        self._paths = list(paths)
+
+    def _load_split(self, split: str) -> list[Sample]:
+        return [Sample(p, 0) for p in self._paths]
+
+
+def image_paths(corpus: Corpus, rows: np.ndarray, image_root: str | Path | None = None,
+                column: str = IMAGE_COLUMN) -> list[str]:
+    """The absolute image file of each of ``rows`` (global corpus rows), from the metadata's ``column``.
+
+    Relative paths are resolved against ``image_root`` (default: the corpus folder). A corpus whose shards
+    have no such column (raw LAION metadata: images named only by ``URL``), URLs in place of files, and files
+    that do not exist are errors naming the row, its shard and the path, with what to do.
+    """
+    if column not in corpus.columns:
+        raise ZsclipError(
+            f"corpus {corpus.path} has no image embeddings (img_emb/img_emb_N.npy beside metadata/) and its shards "
+            f"have no {column!r} column naming each row's image file (its columns are: {', '.join(corpus.columns)}); "
+            "zsclip cannot download images by URL. Download them (e.g. img2dataset) and add an image_path column "
+            "(relative paths are read against the corpus folder, or image_root=DIR), or use a clip-retrieval folder "
+            "with img_emb/")
+    root = Path(image_root).expanduser() if image_root is not None else corpus.path
+    shard_of, local = corpus.locate(rows)
+    out: list[str] = [""] * len(local)
+    missing: list[tuple[int, str, int, str]] = []
+    for s in np.unique(shard_of):
+        pick = np.flatnonzero(shard_of == s)
+        shard = corpus.shards[int(s)]
+        values = corpus.read_columns(shard, [column]).column(0).take(local[pick]).to_pylist()
+        for i, value in zip(pick, values):
+            path = root / value if value and not _URL.match(value) else None
+            if path is None or not path.is_file():
+                missing.append((int(rows[i]), shard.name, int(local[i]), str(value if path is None else path)))
+                continue
+            out[i] = str(path.resolve())
+    if missing:
+        row, shard_name, local_row, path = missing[0]
+        raise ZsclipError(
+            f"{len(missing)} of the {len(rows)} retrieved images of corpus {corpus.path} are not readable files; "
+            f"first: row {row} ({shard_name}, row {local_row}): {path!r}. The column {column!r} must name image "
+            "files (relative to the corpus folder, or to image_root=DIR); URLs are not downloaded")
+    return out
+
+
+def corpus_image_features(corpus: Corpus, rows: np.ndarray, encoder: Any, image_root: str | Path | None = None,
+                          folder: Path | None = None, shard_size: int = 1024) -> tuple[np.ndarray, dict[str, Any]]:
+    """Image embeddings (``len(rows) × D`` float32) of corpus ``rows`` for a corpus without ``img_emb``.
+
+    Each image is encoded once, ever, per model: stores under ``folder`` (default
+    ``<zsclip cache>/corpus-images/<model fingerprint>``) are looked up first, by absolute file path, and
+    refreshed when a file changed (size or mtime); the images found in none are encoded into one new store
+    (resumable: an interrupted encoding restarts after its last whole shard of ``shard_size`` images). Returns
+    the features and what was done (``images_encoded``, ``stores``).
+    """
+    from .stores import MANIFEST, ImageStore
+
+    paths = image_paths(corpus, rows, image_root)
+    wanted = set(paths)
+    folder = folder or cache_root() / "corpus-images" / encoder.fingerprint[:20]
+    found: dict[str, np.ndarray] = {}
+    encoded, used = 0, []
+
+    def take(store: ImageStore) -> None:
+        emb = np.asarray(store.embeddings, dtype=np.float32)
+        for i, p in enumerate(store.paths):
+            if p in wanted:
+                found[p] = emb[i]
+        used.append(cache_display(store.path))
+
+    for store_dir in sorted(folder.glob("store-*")) if folder.is_dir() else []:
+        if not (store_dir / MANIFEST).is_file():
+            continue
+        old = ImageStore.open(store_dir, encoder.fingerprint)
+        order = {int(i): p for i, p in zip(old.sample_indices, old.paths)}
+        order.update({int(e["index"]): str(e["path"]) for e in old.manifest["skipped"]})
+        listed = [order[i] for i in sorted(order)]
+        if wanted.isdisjoint(listed) or wanted.issubset(found):
+            continue
+        store = ImageStore.build(CorpusImages(listed), "images", encoder, store_dir,  # re-encodes changed files
+                                 shard_size=shard_size)
+        encoded += store.build_stats.images_encoded
+        take(store)
+    new = sorted(wanted - set(found))
+    if new:
+        store = ImageStore.build(CorpusImages(new), "images", encoder, folder / f"store-{cache_key({'paths': new})}",
+                                 dtype="float32", shard_size=shard_size)
+        encoded += store.build_stats.images_encoded
+        take(store)
+    lost = [(int(r), p) for r, p in zip(rows, paths) if p not in found]
+    if lost:
+        raise ZsclipError(f"{len(lost)} retrieved image(s) of corpus {corpus.path} could not be decoded; first: row "
+                          f"{lost[0][0]}: {lost[0][1]}. Replace or remove the file(s) and run again")
+    log.info("corpus images: %d encoded, %d read from %d store(s)", encoded, len(wanted) - encoded, len(used))
+    feats = np.stack([found[p] for p in paths]) if paths else np.zeros((0, encoder.embed_dim), np.float32)
+    return feats, {"images_encoded": encoded, "stores": used}
 
 
 def cache_key(payload: Mapping[str, Any]) -> str:

@@ -9,10 +9,11 @@ dataset's templates. Names and counts come from a REAL metrics file (``metrics``
 REAL's) or by the nearest corpus images to the class's prompt embedding through a FAISS index
 (``retrieval=knn``), ranked by caption–name-prompt similarity, top ``n``; a bias-free linear head initialised
 from REAL-Prompt's zero-shot weights is trained on their image embeddings (read from the corpus's ``img_emb``,
-no pixels) and the REAL-Prompt names' single-template text features, then mixed with the zero-shot head
-(WiSE-FT, ``alpha``). Its training data are the retrieved corpus images only: it never reads the dataset's
-splits. The retrieved set (row, caption, score) and the heads are saved under ``<zsclip cache>/real`` keyed
-by the corpus manifest, the names, the model and the parameters, and reused.
+no pixels; a corpus without ``img_emb`` has its retrieved images, named by its ``image_path`` column, encoded once
+into image stores, ``zsclip.real.corpus_image_features``) and the REAL-Prompt names' single-template text
+features, then mixed with the zero-shot head (WiSE-FT, ``alpha``). Its training data are the retrieved corpus
+images only: it never reads the dataset's splits. The retrieved set (row, caption, score) and the heads are saved
+under ``<zsclip cache>/real`` keyed by the corpus manifest, the names, the model and the parameters, and reused.
 """
 
 from __future__ import annotations
@@ -54,15 +55,17 @@ def _templates(spec: str | Sequence[str], card: Any) -> list[str]:
 
 
 def _real_prompt_set(dataset: Any, metrics: str | None, corpus: str | None, templates: str | Sequence[str],
-                     strict: bool) -> tuple[PromptSet, list[str], list[Any]]:
+                     strict: bool, keep_official: bool = False) -> tuple[PromptSet, list[str], list[Any]]:
     from ..real import replacements, resolve_names
 
     counts, source = resolve_names(dataset, metrics, corpus)
     chosen, changed = replacements(dataset.classnames, counts, strict)
     temps = _templates(templates, dataset.card)
-    per_class = [[(format_template(t, name), t) for t in temps] for name in chosen]
+    per_class = [[(format_template(t, n), t) for n in dict.fromkeys([name, official] if keep_official else [name])
+                  for t in temps] for name, official in zip(chosen, dataset.classnames)]
     info = {"names_from": source, "rule": "strict" if strict else "relaxed", "num_templates": len(temps),
-            "renamed": len(changed), "replacements": changed}
+            "renamed": len(changed), "replacements": changed,
+            "recipe": "deviates from the authors': keep_official=true" if keep_official else "authors' (METHODS §6)"}
     return PromptSet.from_lists(dataset.classnames, per_class, "prototype", "real-prompt", info), chosen, counts
 
 
@@ -77,17 +80,23 @@ class RealPrompt(Method):
         "templates": Param("templates", _TEMPLATES_DOC),
         "strict": Param(bool, "take the most frequent name even when its words are a subset of the official "
                         "name's (the rule REAL's Stanford Cars names follow); default: the relaxed word-set rule"),
+        "keep_official": Param(bool, "deviates from REAL (false, the default, is the authors' recipe): a renamed "
+                               "class is prompted with its chosen AND its official name (both names' template "
+                               "prompts averaged), so it keeps what the text tower knows of the official name"),
     }
 
     def __init__(self, metrics: str | None = None, corpus: str | None = None,
-                 templates: str | Sequence[str] = "ensemble", strict: bool = False) -> None:
+                 templates: str | Sequence[str] = "ensemble", strict: bool = False,
+                 keep_official: bool = False) -> None:
         self.metrics = metrics
         self.corpus = corpus
         self.templates = templates
         self.strict = strict
+        self.keep_official = keep_official
 
     def build(self, ctx: Any) -> PromptSet:
-        return _real_prompt_set(dataset_of(ctx), self.metrics, self.corpus, self.templates, self.strict)[0]
+        return _real_prompt_set(dataset_of(ctx), self.metrics, self.corpus, self.templates, self.strict,
+                                self.keep_official)[0]
 
 
 @register_method("real-linear")
@@ -99,7 +108,10 @@ class RealLinear(Method):
     #: trains on retrieved corpus images only: no split of the dataset is read while fitting
     reads_splits = False
     parameters = {
-        "corpus": Param(str, _CORPUS_DOC + " with img_emb/ (required)", nullable=True),
+        "corpus": Param(str, _CORPUS_DOC + " (required); its img_emb/ are the image features, else the retrieved "
+                        "images named by its image_path column are encoded once", nullable=True),
+        "image_root": Param(str, "the folder relative image_path values are read against (default: the corpus "
+                            "folder); only for a corpus without img_emb/", nullable=True),
         "metrics": Param(str, _METRICS_DOC + "; with no counts the names are counted over corpus", nullable=True),
         "templates": Param("templates", _TEMPLATES_DOC),
         "strict": Param(bool, "REAL-Prompt's name rule for the initial weights and text features"),
@@ -116,6 +128,12 @@ class RealLinear(Method):
         "balance": Param(str, "how training draws the retrieved images: none (uniformly, the authors', default) "
                          "or class (each class equally often, so that tail classes with few images are not drowned)",
                          choices=("none", "class")),
+        "min_images": Param(int, "deviates from REAL (0, the default, is the authors' recipe): a class whose string "
+                            "matching keeps fewer than min_images images is topped up to min_images with its "
+                            "best-ranked kNN images (retrieval=knn's, same n and ranking), so rarely or never named "
+                            "classes get images; needs img_emb/. Chosen on the toy world's validation split: 150 "
+                            "(with subset_names=drop, alpha=0.7; docs/real.md)",
+                            low=0),
         "alpha": Param(float, "WiSE-FT mixing: alpha·learned + (1 − alpha)·zero-shot", low=0.0, high=1.0),
         "steps": Param(int, "cap on training steps: min(steps, n·C·10/32)", low=1),
         "seed": Param(int, "seed of the candidate shuffle and of the training batches", low=0),
@@ -125,8 +143,9 @@ class RealLinear(Method):
                  templates: str | Sequence[str] = "ensemble", strict: bool = False, n: int = 500,
                  candidates: int | None = None, retrieval: str = "string", index: str = "Flat",
                  subset_names: str = "keep", balance: str = "none", alpha: float = 0.5,
-                 steps: int = 32_000, seed: int = 0) -> None:
+                 min_images: int = 0, steps: int = 32_000, seed: int = 0, image_root: str | None = None) -> None:
         self.corpus = corpus
+        self.image_root = image_root
         self.metrics = metrics
         self.templates = templates
         self.strict = strict
@@ -136,6 +155,7 @@ class RealLinear(Method):
         self.index = index
         self.subset_names = subset_names
         self.balance = balance
+        self.min_images = min_images
         self.alpha = alpha
         self.steps = steps
         self.seed = seed
@@ -148,28 +168,39 @@ class RealLinear(Method):
         from ..real import (
             Retrieved,
             cache_key,
+            corpus_image_features,
+            image_paths,
             name_prompt_embeddings,
             real_cache_dir,
             retrieve_knn,
             retrieve_string,
+            top_up,
             total_steps,
             train_head,
         )
 
         if self.corpus is None:
-            raise ZsclipError("real-linear needs a caption corpus with image embeddings: -p corpus=DIR "
-                              "(`zsclip world corpus --out DIR` exports the toy world's)")
+            raise ZsclipError("real-linear needs a caption corpus: -p corpus=DIR (`zsclip world corpus --out DIR` "
+                              "exports the toy world's)")
+        if self.min_images and self.retrieval != "string":
+            raise ZsclipError(f"min_images tops up string-match retrieval with kNN images; with retrieval="
+                              f"{self.retrieval} every class already gets n images: leave min_images at 0")
         dataset = ctx.dataset
         corpus = Corpus.open(self.corpus)
-        if not corpus.has_image_embeddings:
-            raise ZsclipError(f"corpus {corpus.path} has no image embeddings (img_emb/img_emb_N.npy beside "
-                              "metadata/); real-linear trains on them")
+        from_files = not corpus.has_image_embeddings
+        if from_files and (self.retrieval == "knn" or self.min_images):
+            raise ZsclipError(f"corpus {corpus.path} has no image embeddings (img_emb/img_emb_N.npy beside metadata/): "
+                              "kNN retrieval (retrieval=knn, or the top-up of min_images) searches every corpus "
+                              "image, so it needs them (clip-retrieval's `inference` makes them); use "
+                              "retrieval=string with min_images=0, which encodes only the retrieved images")
+        if from_files:
+            image_paths(corpus, np.zeros(0, np.int64), self.image_root)  # no image column: refused before retrieval
         prompt_set, chosen, counts = _real_prompt_set(dataset, self.metrics, None if self._has_counts(dataset) else
                                                       self.corpus, self.templates, self.strict)
         cache = ctx.text_cache
         temps = _templates(self.templates, dataset.card)
         text_emb = cache.encode(list(prompt_set.texts))  # C·T single-template text features, class by class
-        if text_emb.shape[1] != corpus.embedding_file(0, "image").shape[1]:
+        if not from_files and text_emb.shape[1] != corpus.embedding_file(0, "image").shape[1]:
             raise ZsclipError(f"corpus {corpus.path} image embeddings have dimension "
                               f"{corpus.embedding_file(0, 'image').shape[1]} but the model's are "
                               f"{text_emb.shape[1]}: the corpus was embedded by another model")
@@ -181,25 +212,36 @@ class RealLinear(Method):
 
         key_payload = {"corpus": corpus.manifest()["shards"], "corpus_path": str(corpus.path.resolve()),
                        "names": names_per_class, "templates": temps, "n": self.n, "candidates": self.candidates,
-                       "retrieval": self.retrieval, "index": self.index if self.retrieval == "knn" else None,
-                       "seed": self.seed, "model": cache.encoder.fingerprint}
+                       "retrieval": self.retrieval, "min_images": self.min_images,
+                       "index": self.index if self.retrieval == "knn" or self.min_images else None,
+                       "seed": self.seed, "model": cache.encoder.fingerprint,
+                       "image_features": "files" if from_files else "img_emb",
+                       "image_root": str(Path(self.image_root).expanduser().resolve()) if self.image_root else None}
         folder = real_cache_dir() / cache_key(key_payload)
         retrieved = Retrieved.load(folder / "retrieved.parquet")
         reused = retrieved is not None
         if retrieved is None:
-            if self.retrieval == "string":
-                retrieved = retrieve_string(corpus, names_per_class, name_emb, self.n, self.seed, cache.encode,
-                                            self.candidates)
-            else:
+            knn = None
+            if self.retrieval == "knn" or self.min_images:
                 from ..corpus_index import CorpusIndex
 
                 index = CorpusIndex.open(corpus, "image", self.index)
-                retrieved = retrieve_knn(corpus, index, zs, name_emb, self.n, self.candidates or 2 * self.n,
-                                         cache.encode)
+                knn = retrieve_knn(corpus, index, zs, name_emb, self.n, self.candidates or 2 * self.n, cache.encode)
+            if self.retrieval == "string":
+                retrieved = retrieve_string(corpus, names_per_class, name_emb, self.n, self.seed, cache.encode,
+                                            self.candidates)
+                if self.min_images and knn is not None:
+                    floor = min(self.min_images, self.n)
+                    retrieved = top_up(retrieved, knn, floor, len(chosen))
+                    log.info("real-linear: classes topped up to %d images with kNN images", floor)
+            else:
+                assert knn is not None
+                retrieved = knn
             retrieved.save(folder / "retrieved.parquet", {"params": key_payload, "classes": list(dataset.classnames)})
         per_class = retrieved.per_class(len(chosen))
         empty = [dataset.classnames[c] for c in np.flatnonzero(per_class == 0)]
 
+        image_info: dict[str, Any] = {"images_encoded": 0, "stores": []}
         steps = total_steps(self.n, len(chosen), self.steps)
         head_key = cache_key({**key_payload, "strict": self.strict, "steps": steps, "alpha": self.alpha,
                               "balance": self.balance})
@@ -210,7 +252,10 @@ class RealLinear(Method):
             trained = False
         else:
             if len(retrieved.rows):
-                images = np.asarray(corpus.embeddings(retrieved.rows, "image"), dtype=np.float32)
+                if from_files:
+                    images, image_info = corpus_image_features(corpus, retrieved.rows, cache.encoder, self.image_root)
+                else:
+                    images = np.asarray(corpus.embeddings(retrieved.rows, "image"), dtype=np.float32)
                 learned_w = train_head(images, retrieved.labels, text_emb, text_labels, zs, steps, self.seed,
                                        balance=self.balance)
             else:
@@ -236,12 +281,24 @@ class RealLinear(Method):
                                     "max": int(per_class.max())},
             "classes_without_images": empty, "zero_shot_fallbacks": len(empty),
             "candidates_per_class_median": float(np.median(retrieved.candidates)) if len(retrieved.candidates) else 0,
+            "recipe": self._recipe(),
             "retrieval_names_dropped": sum(len(c.alternates) - len(n) for c, n in zip(counts, names_per_class)),
             "training_steps": steps, "retrieved_set": cache_display(folder / "retrieved.parquet"),
             "retrieved_reused": reused,
             "head": cache_display(head_path.with_suffix(".json")), "head_trained": trained,
+            "image_features": "encoded from image files" if from_files else "img_emb",
+            "corpus_images_encoded": image_info["images_encoded"], "corpus_image_stores": image_info["stores"],
         }
         return self
+
+    def _recipe(self) -> str:
+        """Which recipe ran: the authors', or the deviations from it that the parameters ask for."""
+        changes = [f"{k}={v}" for k, v, default in (("subset_names", self.subset_names, "keep"),
+                                                    ("balance", self.balance, "none"),
+                                                    ("min_images", self.min_images, 0),
+                                                    ("alpha", self.alpha, 0.5),
+                                                    ("retrieval", self.retrieval, "string")) if v != default]
+        return "authors' (METHODS §6)" if not changes else "deviates from the authors': " + ", ".join(changes)
 
     def _has_counts(self, dataset: Any) -> bool:
         """Whether ``metrics`` (or the card's synonyms) hold counts; otherwise names are counted over the corpus."""
