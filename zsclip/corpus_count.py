@@ -8,13 +8,13 @@ spaces) and runs one phrase query per name. zsclip gets the same numbers without
   also occur anywhere in the caption;
 - ``alternates[name]`` = captions matching the name; ``actual_freq`` = distinct captions matching any of
   the class's names;
-- one pass over the captions whatever the number of names: ``PhraseMatcher`` maps tokens to ids of the
-  names' vocabulary and walks a trie of the names' token sequences from every candidate position at once
-  (vectorised with numpy); ASCII captions are tokenised on their raw UTF-8 bytes, the others through the
-  exact per-code-point table;
-- shards are counted in parallel processes; each shard's counts are saved (atomically) under a cache key
-  of (shard file, size, mtime, names, prefix, normalisation version), so an interrupted count resumes and
-  a repeated one reads nothing.
+- one pass over the captions whatever the number of names: ``PhraseMatcher`` hands the captions' UTF-8
+  bytes, as Arrow holds them, to a compiled kernel (``zsclip._count_kernel``) that folds every code point
+  through the exact unicode61 table, looks tokens up in a hash table of the names' tokens and walks a trie
+  of the names' token sequences, reading each byte once;
+- shards are counted in parallel processes (forked after the kernel is loaded, so they share it); each
+  shard's counts are saved (atomically) under a cache key of (shard file, size, mtime, names, prefix,
+  normalisation version), so an interrupted count resumes and a repeated one reads nothing.
 
 Names the authors' query loses (an FTS5 syntax error on ``&``, ``:``, ``*``, ``,`` ..., swallowed by their
 code) are counted like any other name here; a name with no token at all ("&") matches nothing and is
@@ -347,11 +347,19 @@ def _load_cached(path: Path, key: Mapping[str, Any], plan: CountPlan) -> ShardCo
 
 
 _PROGRESS_QUEUE: Any = None
+_WORKER_JOB: tuple[Corpus, CountPlan, PhraseMatcher, Path | None, int] | None = None
 
 
-def _init_worker(progress_queue: Any) -> None:
-    global _PROGRESS_QUEUE
-    _PROGRESS_QUEUE = progress_queue
+def _init_worker(progress_queue: Any, job: tuple[Corpus, CountPlan, PhraseMatcher, Path | None, int]) -> None:
+    """A counting process's state, set once: forked processes inherit it without pickling (nor recompiling)."""
+    global _PROGRESS_QUEUE, _WORKER_JOB
+    _PROGRESS_QUEUE, _WORKER_JOB = progress_queue, job
+
+
+def _count_shard_in_worker(shard_index: int) -> ShardCounts:
+    assert _WORKER_JOB is not None
+    corpus, plan, matcher, cache_dir, batch_rows = _WORKER_JOB
+    return count_shard(corpus, shard_index, plan, cache_dir, batch_rows, matcher=matcher)
 
 
 def count_shard(corpus: Corpus, shard_index: int, plan: CountPlan, cache_dir: Path | None,
@@ -511,17 +519,17 @@ def count_corpus(corpus: Corpus, classes: Sequence[ClassNames], prefix: str | No
 
     with progress_bar("counting names in captions", total if progress else 0, unit="captions") as advance:
         save_to = cache if use_cache else None
-        matcher = PhraseMatcher(plan.phrases)
-        if n_workers == 1:
+        # built (its kernel compiled or loaded) once, only when there is something to count, before any fork
+        matcher = PhraseMatcher(plan.phrases) if todo else None
+        if matcher is not None and n_workers == 1:
             for i in todo:
                 add(count_shard(corpus, i, plan, save_to, batch_rows, on_rows=advance, matcher=matcher))
-        else:
+        elif matcher is not None:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
             progress_queue = ctx.Queue()
             with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(progress_queue,)) as pool:
-                pending = {pool.submit(count_shard, corpus, i, plan, save_to, batch_rows, matcher=matcher)
-                           for i in todo}
+                                     initargs=(progress_queue, (corpus, plan, matcher, save_to, batch_rows))) as pool:
+                pending = {pool.submit(_count_shard_in_worker, i) for i in todo}
                 while pending:
                     done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                     _drain(progress_queue, advance)
