@@ -241,6 +241,7 @@ class CountPlan:
     prefix_phrases: list[int]
     class_ptr: np.ndarray  # CSR: phrase -> classes
     class_idx: np.ndarray
+    _names_hash: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(cls, classes: Sequence[ClassNames], prefix: str | None = None) -> CountPlan:
@@ -270,10 +271,15 @@ class CountPlan:
                    np.array([ci for _, ci in pairs], dtype=np.int64))
 
     def names_hash(self) -> str:
-        """A digest of what decides the counts besides the captions (names, classes, prefix, tokenizer)."""
-        blob = json.dumps({"phrases": self.phrases, "name_phrase": self.name_phrase,
-                           "prefix": self.prefix_phrases, "normalisation": NORMALISATION_VERSION})
-        return hashlib.sha256(blob.encode()).hexdigest()
+        """A digest of what decides the counts besides the captions (names, classes, prefix, tokenizer).
+
+        Computed once per plan (every shard's cache key holds it).
+        """
+        if self._names_hash is None:
+            blob = json.dumps({"phrases": self.phrases, "name_phrase": self.name_phrase,
+                               "prefix": self.prefix_phrases, "normalisation": NORMALISATION_VERSION})
+            self._names_hash = hashlib.sha256(blob.encode()).hexdigest()
+        return self._names_hash
 
     def empty_names(self) -> list[tuple[str, str]]:
         """(class key, name) of names without a single token: they can match nothing."""
