@@ -207,3 +207,23 @@ def test_hash_collision_never_makes_a_match():
     matcher._slot_hash[_count_kernel.token_hash("albatross") & (len(matcher._slot_id) - 1)] = \
         _count_kernel.token_hash("albatross")
     assert matcher.match(pa.array(["a cormorant", "albatross"]))[1].tolist() == [1]
+
+
+def test_code_table_is_the_tokenizer():
+    """The kernel's per-code-point table says what ``tokenize`` (held equal to SQLite's) does to each code point."""
+    from zsclip._unicode61_table import RUNS
+    from zsclip.unicode61 import SEPARATOR_CODE, SKIP_CODE, code_table
+
+    table = code_table()
+    starts = [int(r.split(":")[0], 16) for r in RUNS.split(",")]
+    rng = np.random.default_rng(0)
+    sample = set(range(0x3000)) | {s + d for s in starts for d in (-1, 0, 1) if 0 <= s + d < 0x110000}
+    sample |= set(rng.integers(0, 0x110000, 20000).tolist())
+    for cp in sorted(sample):
+        if 0xD800 <= cp < 0xE000:  # surrogates: not text (invalid UTF-8); separators in the table
+            assert table[cp] == SEPARATOR_CODE
+            continue
+        code = int(table[cp])
+        expected = (["qq", "zz"] if code == SEPARATOR_CODE else ["qqzz"] if code == SKIP_CODE
+                    else [f"qq{chr(code)}zz"])
+        assert tokenize(f"qq{chr(cp)}zz") == expected, hex(cp)

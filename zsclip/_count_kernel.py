@@ -8,9 +8,10 @@ bytes and the row offsets) and its names as tables; the kernel reads every byte 
   (lower case, diacritics removed), ``SKIP_CODE`` (characters deleted before tokenising: REAL's quotes, and
   the combining accents unicode61 folds to nothing) or ``SEPARATOR_CODE``. Invalid UTF-8 bytes are
   separators, like the U+FFFD a decoder puts in their place;
-- a token (a maximal run of token characters) is looked up in an open-addressing hash table of the names'
-  tokens (FNV-1a over its folded code points, then compared code point by code point: a hash collision never
-  makes a match); tokens outside the names' vocabulary get id -1;
+- a token (a maximal run of token characters) is hashed as it is read (FNV-1a over its folded code points);
+  a 65,536-bit filter of the names' token hashes dismisses most tokens at once, the others are looked up in
+  an open-addressing hash table of the names' tokens and compared code point by code point (a hash
+  collision never makes a match); tokens outside the names' vocabulary get id -1;
 - from every token that starts some name, a trie of the names' token-id sequences is walked over the
   following tokens of the same caption; each phrase found is reported once per caption.
 
