@@ -141,7 +141,7 @@ def _corpus(draw) -> tuple[list[str], list[str]]:
     return captions, list(dict.fromkeys(names))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=_corpus(), prefix=st.sampled_from([None, "a", "ab", "1"]), ascii_only=st.booleans())
 def test_property_kernel_counts_equal_fts5(data, prefix, ascii_only):
     captions, names = data
