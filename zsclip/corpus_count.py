@@ -8,13 +8,13 @@ spaces) and runs one phrase query per name. zsclip gets the same numbers without
   also occur anywhere in the caption;
 - ``alternates[name]`` = captions matching the name; ``actual_freq`` = distinct captions matching any of
   the class's names;
-- one pass over the captions whatever the number of names: ``PhraseMatcher`` maps tokens to ids of the
-  names' vocabulary and walks a trie of the names' token sequences from every candidate position at once
-  (vectorised with numpy); ASCII captions are tokenised on their raw UTF-8 bytes, the others through the
-  exact per-code-point table;
-- shards are counted in parallel processes; each shard's counts are saved (atomically) under a cache key
-  of (shard file, size, mtime, names, prefix, normalisation version), so an interrupted count resumes and
-  a repeated one reads nothing.
+- one pass over the captions whatever the number of names: ``PhraseMatcher`` hands the captions' UTF-8
+  bytes, as Arrow holds them, to a compiled kernel (``zsclip._count_kernel``) that folds every code point
+  through the exact unicode61 table, looks tokens up in a hash table of the names' tokens and walks a trie
+  of the names' token sequences, reading each byte once;
+- shards are counted in parallel processes (forked after the kernel is loaded, so they share it); each
+  shard's counts are saved (atomically) under a cache key of (shard file, size, mtime, names, prefix,
+  normalisation version), so an interrupted count resumes and a repeated one reads nothing.
 
 Names the authors' query loses (an FTS5 syntax error on ``&``, ``:``, ``*``, ``,`` ..., swallowed by their
 code) are counted like any other name here; a name with no token at all ("&") matches nothing and is
@@ -40,18 +40,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import _count_kernel
 from ._io import read_json, write_json_atomic
 from ._version import __version__
 from .corpus import Corpus, Shard
 from .errors import ZsclipError
 from .paths import cache_root
-from .unicode61 import EMPTY_CODE, NORMALISATION_VERSION, SEPARATOR_CODE, fold_table, normalise, tokenize
+from .unicode61 import NORMALISATION_VERSION, code_table, tokenize
 
 log = logging.getLogger(__name__)
 
 COUNT_FORMAT = 1
-#: ``bytes.translate`` table of the ASCII path: letters lower-cased, digits kept, all else a space
-_ASCII_FOLD = bytes(b + 32 if 65 <= b <= 90 else b if (48 <= b <= 57 or 97 <= b <= 122) else 32 for b in range(256))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -113,9 +112,10 @@ def phrase_of(name: str) -> tuple[str, ...]:
 class PhraseMatcher:
     """Finds, in one pass over a batch of captions, every (phrase, caption) pair where the phrase occurs.
 
-    ``phrases`` are distinct non-empty token tuples. Tokens are mapped to ids of the phrases' vocabulary
-    (``-1`` elsewhere); a trie over the phrases' id sequences is walked from every position holding a
-    phrase's first token, all positions at once, one depth per numpy step, staying inside one caption.
+    ``phrases`` are distinct non-empty token tuples (``phrase_of``). The compiled kernel
+    (``zsclip._count_kernel.match_captions``) reads the captions' UTF-8 bytes once: it folds each code point
+    through ``unicode61.code_table``, looks each token up in a hash table of the phrases' tokens (verified
+    code point by code point) and walks a trie of the phrases' token sequences inside each caption.
     """
 
     def __init__(self, phrases: Sequence[tuple[str, ...]]) -> None:
@@ -129,10 +129,31 @@ class PhraseMatcher:
             for t in p:
                 vocab.setdefault(t, len(vocab))
         self.vocab = vocab
-        self._vocab_array = pa.array(list(vocab), type=pa.large_string())
-        self._vocab_small = self._vocab_array.cast(pa.string())
-        lengths = [len(t.encode()) for t in vocab] or [0]
-        self._min_bytes, self._max_bytes = min(lengths), max(lengths)
+        self._vocab_tables(list(vocab))
+        self._trie(vocab)
+        self._code_table = code_table()
+        self.match(pa.array([""], type=pa.large_string()))  # compile (or load) the kernel before any fork
+
+    def _vocab_tables(self, tokens: list[str]) -> None:
+        """The tokens' code points (CSR), an open-addressing table of their hashes (at most half full), and
+        the kernel's bit filter of those hashes."""
+        codes = [np.frombuffer(t.encode("utf-32-le"), dtype=np.uint32).astype(np.int64) for t in tokens]
+        self._vocab_ptr = np.concatenate([[0], np.cumsum([len(c) for c in codes])]).astype(np.int64)
+        self._vocab_codes = np.concatenate(codes) if codes else np.empty(0, np.int64)
+        self._max_token = max((len(c) for c in codes), default=0)
+        hashes = [_count_kernel.token_hash(t) for t in tokens]
+        size = 1 << max(4, (2 * len(tokens)).bit_length())
+        self._slot_hash = np.zeros(size, dtype=np.uint64)
+        self._slot_id = np.full(size, -1, dtype=np.int32)
+        for vid, h in enumerate(hashes):
+            slot = h & (size - 1)
+            while self._slot_id[slot] >= 0:
+                slot = (slot + 1) & (size - 1)
+            self._slot_hash[slot], self._slot_id[slot] = h, vid
+        self._token_filter = _count_kernel.token_filter(hashes)
+
+    def _trie(self, vocab: Mapping[str, int]) -> None:
+        """A trie over the phrases' token-id sequences: ``root[token]``, children in CSR sorted by token."""
         children: dict[tuple[int, int], int] = {}
         node_phrase = [-1]
         for pid, p in enumerate(self.phrases):
@@ -145,168 +166,42 @@ class PhraseMatcher:
                     node_phrase.append(-1)
                 node = child
             node_phrase[node] = pid
-        width = max(1, len(vocab))
-        self._width = width
-        self._root = np.full(width, -1, dtype=np.int64)
-        deeper = [(n * width + t, c) for (n, t), c in children.items() if n != 0]
+        self._root = np.full(max(1, len(vocab)), -1, dtype=np.int32)
+        edges = sorted((n, t, c) for (n, t), c in children.items() if n != 0)
         for (n, t), c in children.items():
             if n == 0:
                 self._root[t] = c
-        deeper.sort()
-        self._edge_keys = np.array([k for k, _ in deeper], dtype=np.int64)
-        self._edge_child = np.array([c for _, c in deeper], dtype=np.int64)
-        self._node_phrase = np.array(node_phrase, dtype=np.int64)
-        self._max_len = max((len(p) for p in self.phrases), default=0)
+        self._child_ptr = np.searchsorted(np.array([n for n, _, _ in edges], dtype=np.int64),
+                                          np.arange(len(node_phrase) + 1)).astype(np.int64)
+        self._child_tok = np.array([t for _, t, _ in edges], dtype=np.int32)
+        self._child_node = np.array([c for _, _, c in edges], dtype=np.int32)
+        self._node_phrase = np.array(node_phrase, dtype=np.int32)
 
-    # tokens ------------------------------------------------------------------------------------------
-    def token_ids(self, captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        """Vocabulary id (-1 outside it) and caption index of every token of ``captions``.
+    def match(self, captions: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct (phrase index, caption index) pairs of the phrases occurring in ``captions``, in caption order.
 
-        The tokens of one caption are consecutive and in order. Null captions have no tokens. ASCII
-        captions are tokenised on their UTF-8 bytes; the others on their code points through
-        ``unicode61.fold_table``; both with numpy, a batch at a time.
+        Null captions match nothing. The captions' Arrow buffers are read in place (no copy of the text).
         """
         if isinstance(captions, pa.ChunkedArray):
             captions = captions.combine_chunks()
         if not (pa.types.is_string(captions.type) or pa.types.is_large_string(captions.type)):
             captions = captions.cast(pa.large_string())
-        if captions.null_count:
-            captions = captions.fill_null("")
-        if len(captions) == 0 or not self.vocab:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        ascii_rows = pc.string_is_ascii(captions).to_numpy(zero_copy_only=False)
-        ids, rows = self._ascii_token_ids(captions)
-        if ascii_rows.all():
-            return ids, rows
-        keep = ascii_rows[rows]
-        other = np.flatnonzero(~ascii_rows)
-        o_ids, o_rows = self._unicode_token_ids(captions.take(pa.array(other)))
-        return np.concatenate([ids[keep], o_ids]), np.concatenate([rows[keep], other[o_rows]])
-
-    def _ascii_token_ids(self, captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids read straight from the UTF-8 bytes (exact for ASCII captions).
-
-        For ASCII text ``unicode61`` is: letters and digits are token characters, everything else
-        separates, upper case folds to lower. Quotes are deleted first (REAL's normalisation). Bytes of
-        non-ASCII captions are read too; the caller drops their tokens.
-        """
         n = len(captions)
-        buffers = captions.buffers()
+        if n == 0 or not self.phrases:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        _, offsets_buffer, data_buffer = captions.buffers()
         offset_type = np.int64 if pa.types.is_large_string(captions.type) else np.int32
-        offsets = np.frombuffer(buffers[1], dtype=offset_type, count=n + 1,
+        offsets = np.frombuffer(offsets_buffer, dtype=offset_type, count=n + 1,
                                 offset=captions.offset * np.dtype(offset_type).itemsize).astype(np.int64)
-        if buffers[2] is None or offsets[-1] == offsets[0]:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        # one C pass: letters to lower case, digits kept, quotes deleted, every other byte to a space
-        raw = buffers[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_pybytes()
-        offsets = offsets - offsets[0]
-        if raw.count(b"'") or raw.count(b'"'):
-            codes = np.frombuffer(raw, dtype=np.uint8)
-            offsets -= np.searchsorted(np.flatnonzero((codes == 39) | (codes == 34)), offsets)
-        data = np.frombuffer(raw.translate(_ASCII_FOLD, b"'\""), dtype=np.uint8)
-        return self._byte_token_ids(data, data != 0x20, offsets)
-
-    def _unicode_token_ids(self, captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of any captions: code points folded by ``fold_table``, then the byte path on UTF-8."""
-        buffers = captions.buffers()
-        offset_type = np.int64 if pa.types.is_large_string(captions.type) else np.int32
-        offsets = np.frombuffer(buffers[1], dtype=offset_type, count=len(captions) + 1,
-                                offset=captions.offset * np.dtype(offset_type).itemsize)
-        if buffers[2] is None or offsets[-1] == offsets[0]:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        raw = buffers[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_pybytes()
-        joined = normalise(raw.decode("utf-8"))
-        quotes = pc.add(pc.count_substring(captions, "'"), pc.count_substring(captions, '"'))
-        lengths = pc.subtract(pc.utf8_length(captions), quotes).to_numpy(zero_copy_only=False).astype(np.int64)
-        bounds = np.concatenate([[0], np.cumsum(lengths)])
-        code = fold_table()[np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)]
-        empty = np.flatnonzero(code == EMPTY_CODE)
-        if len(empty):
-            code = np.delete(code, empty)
-            bounds -= np.searchsorted(empty, bounds)
-        code[code == SEPARATOR_CODE] = 0x20
-        data = np.frombuffer(code.tobytes().decode("utf-32-le").encode("utf-8"), dtype=np.uint8)
-        width = 1 + (code >= 0x80).astype(np.int64) + (code >= 0x800) + (code >= 0x10000)
-        byte_bounds = np.concatenate([[0], np.cumsum(width)])[bounds]
-        return self._byte_token_ids(data, data != 0x20, byte_bounds)
-
-    def _byte_token_ids(self, folded: np.ndarray, is_token: np.ndarray,
-                        offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens = maximal runs of ``is_token`` bytes inside one caption (``offsets``: caption starts + end)."""
-        n = len(offsets) - 1
-        size = len(folded)
-        first = is_token.copy()  # a token starts after a separator, or at a caption's first byte
-        first[1:] &= ~is_token[:-1]
-        at = offsets[:-1][offsets[:-1] < size]
-        first[at] = is_token[at]
-        last = is_token.copy()  # ... and ends before a separator, or at a caption's last byte
-        last[:-1] &= ~is_token[1:]
-        at = offsets[1:][offsets[1:] > 0] - 1
-        last[at] = is_token[at]
-        starts = np.flatnonzero(first)
-        ends = np.flatnonzero(last) + 1
-        # only tokens as long as some vocabulary token are looked up (in UTF-8 bytes)
-        length = ends - starts
-        looked = np.flatnonzero((length >= self._min_bytes) & (length <= self._max_bytes))
-        # looked-up tokens interleaved with the (null) gaps between them: one string array over the bytes
-        wide = size >= 2**31
-        bounds = np.empty(2 * len(looked) + 1, dtype=np.int64 if wide else np.int32)
-        bounds[0:-1:2] = starts[looked]
-        bounds[1:-1:2] = ends[looked]
-        bounds[-1] = size
-        valid = np.full((len(bounds) + 6) // 8, 0x55, dtype=np.uint8)
-        kind = pa.LargeStringArray if wide else pa.StringArray
-        strings = kind.from_buffers(len(bounds) - 1, pa.py_buffer(bounds), pa.py_buffer(folded),
-                                    pa.py_buffer(valid))
-        vocab = self._vocab_array if wide else self._vocab_small
-        found = pc.index_in(strings, value_set=vocab)
-        ids = np.full(len(starts), -1, dtype=np.int64)
-        ids[looked] = found.fill_null(-1).to_numpy(zero_copy_only=False)[0::2]
-        per_row = np.diff(np.searchsorted(starts, offsets))
-        rows = np.repeat(np.arange(n, dtype=np.int64), per_row)
-        return ids, rows
-
-    # matching ----------------------------------------------------------------------------------------
-    def match(self, captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct (phrase index, caption index) pairs of the phrases occurring in ``captions``."""
-        ids, rows = self.token_ids(captions)
-        return self.match_tokens(ids, rows, len(captions))
-
-    def match_tokens(self, ids: np.ndarray, rows: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """``match`` on tokens already mapped by ``token_ids``."""
-        if not len(ids) or not self.phrases:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        n = len(ids)
-        pos = np.flatnonzero(ids >= 0)
-        state = self._root[ids[pos]]
-        alive = state >= 0
-        pos, state = pos[alive], state[alive]
-        found_phrase: list[np.ndarray] = []
-        found_row: list[np.ndarray] = []
-        depth = 1
-        while len(pos):
-            phrase = self._node_phrase[state]
-            hit = phrase >= 0
-            if hit.any():
-                found_phrase.append(phrase[hit])
-                found_row.append(rows[pos[hit]])
-            if depth >= self._max_len or not len(self._edge_keys):
-                break
-            nxt = pos + depth
-            ok = nxt < n
-            pos, state, nxt = pos[ok], state[ok], nxt[ok]
-            tok = ids[nxt]
-            ok = (tok >= 0) & (rows[nxt] == rows[pos])
-            pos, state, tok = pos[ok], state[ok], tok[ok]
-            key = state * self._width + tok
-            at = np.minimum(np.searchsorted(self._edge_keys, key), len(self._edge_keys) - 1)
-            ok = self._edge_keys[at] == key
-            pos, state = pos[ok], self._edge_child[at[ok]]
-            depth += 1
-        if not found_phrase:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        pairs = np.unique(np.concatenate(found_phrase) * max(1, n_rows) + np.concatenate(found_row))
-        return pairs // max(1, n_rows), pairs % max(1, n_rows)
+        data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
+        if captions.null_count:
+            valid = pc.is_valid(captions).to_numpy(zero_copy_only=False)
+        else:
+            valid = np.ones(n, dtype=np.bool_)
+        return _count_kernel.match_captions(
+            data, offsets, valid, self._code_table, self._token_filter, self._slot_hash, self._slot_id,
+            self._vocab_codes, self._vocab_ptr, self._max_token, self._root, self._child_ptr, self._child_tok,
+            self._child_node, self._node_phrase, len(self.phrases))
 
 
 def count_names(captions: Iterable[str] | pa.Array, names: Iterable[str],
@@ -346,6 +241,7 @@ class CountPlan:
     prefix_phrases: list[int]
     class_ptr: np.ndarray  # CSR: phrase -> classes
     class_idx: np.ndarray
+    _names_hash: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(cls, classes: Sequence[ClassNames], prefix: str | None = None) -> CountPlan:
@@ -375,10 +271,15 @@ class CountPlan:
                    np.array([ci for _, ci in pairs], dtype=np.int64))
 
     def names_hash(self) -> str:
-        """A digest of what decides the counts besides the captions (names, classes, prefix, tokenizer)."""
-        blob = json.dumps({"phrases": self.phrases, "name_phrase": self.name_phrase,
-                           "prefix": self.prefix_phrases, "normalisation": NORMALISATION_VERSION})
-        return hashlib.sha256(blob.encode()).hexdigest()
+        """A digest of what decides the counts besides the captions (names, classes, prefix, tokenizer).
+
+        Computed once per plan (every shard's cache key holds it).
+        """
+        if self._names_hash is None:
+            blob = json.dumps({"phrases": self.phrases, "name_phrase": self.name_phrase,
+                               "prefix": self.prefix_phrases, "normalisation": NORMALISATION_VERSION})
+            self._names_hash = hashlib.sha256(blob.encode()).hexdigest()
+        return self._names_hash
 
     def empty_names(self) -> list[tuple[str, str]]:
         """(class key, name) of names without a single token: they can match nothing."""
@@ -452,11 +353,19 @@ def _load_cached(path: Path, key: Mapping[str, Any], plan: CountPlan) -> ShardCo
 
 
 _PROGRESS_QUEUE: Any = None
+_WORKER_JOB: tuple[Corpus, CountPlan, PhraseMatcher, Path | None, int] | None = None
 
 
-def _init_worker(progress_queue: Any) -> None:
-    global _PROGRESS_QUEUE
-    _PROGRESS_QUEUE = progress_queue
+def _init_worker(progress_queue: Any, job: tuple[Corpus, CountPlan, PhraseMatcher, Path | None, int]) -> None:
+    """A counting process's state, set once: forked processes inherit it without pickling (nor recompiling)."""
+    global _PROGRESS_QUEUE, _WORKER_JOB
+    _PROGRESS_QUEUE, _WORKER_JOB = progress_queue, job
+
+
+def _count_shard_in_worker(shard_index: int) -> ShardCounts:
+    assert _WORKER_JOB is not None
+    corpus, plan, matcher, cache_dir, batch_rows = _WORKER_JOB
+    return count_shard(corpus, shard_index, plan, cache_dir, batch_rows, matcher=matcher)
 
 
 def count_shard(corpus: Corpus, shard_index: int, plan: CountPlan, cache_dir: Path | None,
@@ -616,17 +525,17 @@ def count_corpus(corpus: Corpus, classes: Sequence[ClassNames], prefix: str | No
 
     with progress_bar("counting names in captions", total if progress else 0, unit="captions") as advance:
         save_to = cache if use_cache else None
-        matcher = PhraseMatcher(plan.phrases)
-        if n_workers == 1:
+        # built (its kernel compiled or loaded) once, only when there is something to count, before any fork
+        matcher = PhraseMatcher(plan.phrases) if todo else None
+        if matcher is not None and n_workers == 1:
             for i in todo:
                 add(count_shard(corpus, i, plan, save_to, batch_rows, on_rows=advance, matcher=matcher))
-        else:
+        elif matcher is not None:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
             progress_queue = ctx.Queue()
             with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(progress_queue,)) as pool:
-                pending = {pool.submit(count_shard, corpus, i, plan, save_to, batch_rows, matcher=matcher)
-                           for i in todo}
+                                     initargs=(progress_queue, (corpus, plan, matcher, save_to, batch_rows))) as pool:
+                pending = {pool.submit(_count_shard_in_worker, i) for i in todo}
                 while pending:
                     done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                     _drain(progress_queue, advance)

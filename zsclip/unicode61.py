@@ -70,27 +70,31 @@ def _folds() -> dict[int, str]:
     return table
 
 
-#: ``fold_table`` values of separators and of token characters that fold to nothing
-SEPARATOR_CODE = 0xFFFFFFFF
-EMPTY_CODE = 0xFFFFFFFE
+#: ``code_table`` values that are not folded code points: a separator, and a character deleted before
+#: tokenising (REAL's quotes) or folded to nothing (combining accents)
+SEPARATOR_CODE = -1
+SKIP_CODE = -2
 
 
 @functools.lru_cache(maxsize=1)
-def fold_table() -> np.ndarray:
-    """Every code point's fate as one ``uint32`` array (4.4 MB): its folded code point, or a marker.
+def code_table() -> np.ndarray:
+    """Every code point's fate in REAL's normalisation then ``unicode61``, as one ``int32`` array (4.4 MB).
 
-    ``SEPARATOR_CODE`` for separators, ``EMPTY_CODE`` for token characters that fold to nothing. Used to
-    tokenise many non-ASCII captions at once with numpy (``zsclip.corpus_count``).
+    The folded code point of a token character, ``SEPARATOR_CODE`` for separators (``-`` and ``_`` among
+    them), ``SKIP_CODE`` for ``'`` and ``"`` (deleted) and for token characters that fold to nothing. What
+    ``tokenize`` does, as a table the compiled counter (``zsclip._count_kernel``) reads per code point.
     """
-    table = np.arange(_MAX_CODE_POINT, dtype=np.uint32)
+    table = np.arange(_MAX_CODE_POINT, dtype=np.int32)
     for a, b, kind in _runs():
         if kind == _SEPARATOR:
             table[a:b] = SEPARATOR_CODE
         elif kind == _EMPTY:
-            table[a:b] = EMPTY_CODE
+            table[a:b] = SKIP_CODE
     for cp, folded in _folds().items():
         if folded:
             table[cp] = ord(folded)
+    table[[ord("'"), ord('"')]] = SKIP_CODE
+    table[[ord("-"), ord("_")]] = SEPARATOR_CODE
     return table
 
 
