@@ -14,7 +14,8 @@ with the first request of each mode (the initial pool's ranking; the same for ev
 answers on the fitting shots: it measures what the bad list changes in the stand-in's proposals, free of the
 noise of a climb's path.
 
-    python benchmarks/search_toyworld.py --seeds 1 2 3 --iterations 10 [--proapo] [--probe 300]
+    python benchmarks/search_toyworld.py --seeds 1 2 3 --iterations 10 [--shots 1] [--finalists 3] [--probe 300] \
+        [--proapo]
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ def _ranked(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda e: -e["fitness"])  # stable, as HillClimb.ranked
 
 
-def climb_stats(entries: Sequence[dict[str, Any]], iterations: int, k: int, finalists: int) -> dict[str, Any]:
-    """Proposal statistics of one finished climb from its entries (the job's state; fitting numbers only).
+def climb_stats(entries: Sequence[dict[str, Any]], iterations: int, k: int, finalists: int,
+                target: str) -> dict[str, Any]:
+    """Proposal statistics of one finished climb from its entries (the job's state; fitting numbers only);
+    ``target`` is the best hand-written template (chosen on validation), to see when the climb first wrote it.
 
     The good + bad lists of each iteration are replayed from the entries scored before it, so a good-only or
     no-feedback climb is judged by what a good + bad request would have told the stand-in to avoid then.
@@ -86,10 +89,12 @@ def climb_stats(entries: Sequence[dict[str, Any]], iterations: int, k: int, fina
         banned += _banned(e["template"], words_to_avoid(good, bad))
     sketch_at = [i for i in range(iterations) if i in by_iteration and _sketchy(by_iteration[i]["template"])]
     best_pool = max(e["fitness"] for e in pool)
+    target_at = [e["iteration"] for e in climb if e["template"] == target]
     return {"new templates": len(climb), "iterations adding nothing": iterations - len(climb),
             "new with a word good+bad avoids": banned,
             "new above the pool's best (fitting)": sum(e["fitness"] > best_pool for e in climb),
             "first sketch-style iteration": sketch_at[0] if sketch_at else None,
+            "first iteration writing the best hand-written template": target_at[0] if target_at else None,
             "sketch-style among finalists": any(_sketchy(r["template"]) for r in _ranked(entries)[:finalists])}
 
 
@@ -167,6 +172,7 @@ def main() -> None:
             val = {t: validation_top1(setup, template_weights(setup, [t])) for t in hand}
             best_hand = max(hand, key=lambda t: val[t])
             rows.setdefault("best hand-written (val)", []).append(val[best_hand])
+            rows.setdefault("best hand-written template", []).append(best_hand)
             rows.setdefault("a photo of a {}. (test)", []).append(
                 test_report(setup, template_weights(setup, ["a photo of a {}."]))["top1"])
             rows.setdefault("best pool template alone (val)", []).append(
@@ -183,7 +189,7 @@ def main() -> None:
                 rows.setdefault(f"hillclimb {feedback} chosen", []).append(r["chosen"][0])
                 state = json.loads((Path(r["outputs"]["file"]).parent / "state.json").read_text())
                 stats.setdefault(feedback, []).append(
-                    climb_stats(state["algo"]["entries"], args.iterations, 3, args.finalists))
+                    climb_stats(state["algo"]["entries"], args.iterations, 3, args.finalists, best_hand))
             if args.probe:
                 probes[str(seed)] = probe(setup, pool, args.probe, "creature")
             if args.proapo:
@@ -204,7 +210,7 @@ def main() -> None:
         server.stop()
     summary = {k: (f"{np.mean(v):.1f} ± {np.std(v):.1f}" if isinstance(v[0], float | int) else v)
                for k, v in rows.items()}
-    stat_summary = {mode: {key: (sum(s[key] for s in runs) if key != "first sketch-style iteration"
+    stat_summary = {mode: {key: (sum(s[key] for s in runs) if not key.startswith("first")
                                  else [s[key] for s in runs]) for key in runs[0]} for mode, runs in stats.items()}
     print(json.dumps({"summary": summary, "proposals (sums over seeds)": stat_summary}, indent=1))
     out = {"seeds": args.seeds, "iterations": args.iterations, "modes": args.modes, "shots": args.shots,
