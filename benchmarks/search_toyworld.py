@@ -14,8 +14,8 @@ with the first request of each mode (the initial pool's ranking; the same for ev
 answers on the fitting shots: it measures what the bad list changes in the stand-in's proposals, free of the
 noise of a climb's path.
 
-    python benchmarks/search_toyworld.py --seeds 1 2 3 --iterations 10 [--shots 1] [--finalists 3] [--probe 300] \
-        [--proapo]
+    python benchmarks/search_toyworld.py --seeds 1 2 3 --iterations 10 [--shots 1] [--finalists 3] [--probe N]
+    python benchmarks/search_toyworld.py --seeds 1 2 3 --proapo
 """
 
 from __future__ import annotations
