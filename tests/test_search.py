@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -422,6 +423,32 @@ def test_template_stand_in_varies_good_templates_and_avoids_bad_words():
         except ValueError:
             invalid += 1
     assert 30 < invalid < 90
+
+
+def test_template_stand_in_shown_the_bad_list_proposes_fewer_of_its_words_than_shown_the_good_list_alone():
+    # the toy world's climbs always show the same bad list (the pool's worst: black-and-white photos, "itap of
+    # my {}."); told about it the stand-in avoids "black and white" (only its noise answers still carry it), told
+    # nothing it proposes such templates at its base rate; everything else about its answers is unchanged
+    good = ["a rendition of a {}.", "a tattoo of a {}.", "a photo of a {}."]
+    bad = ["a black and white photo of a {}.", "a black and white photo of the {}.", "itap of my {}."]
+    good_block = "Templates that worked well:\n" + "".join(f"- {t}\n" for t in good)
+    bad_block = "\nTemplates that worked badly, worst first:\n" + "".join(f"- {t}\n" for t in bad)
+    ask = "\nWrite 1 new template(s)."
+
+    def answers(prompt):
+        return [t for i in range(600) for t in parse_templates(template_reply(prompt, random.Random(i),
+                                                                              invalid_rate=0))]
+
+    with_bad, good_only = answers(good_block + bad_block + ask), answers(good_block + ask)
+    avoided = words_to_avoid(good, bad)
+    assert avoided == {"black", "white", "itap", "my"}
+    rate = {name: sum(bool(set(re.findall(r"[a-z]+", t)) & avoided) for t in flat) / len(flat)
+            for name, flat in (("with bad", with_bad), ("good only", good_only))}
+    assert rate["good only"] > 0.03 and rate["with bad"] < 0.02
+    assert rate["with bad"] < rate["good only"] / 2
+    sketches = {name: sum("sketch" in t and "black" not in t for t in flat) / len(flat)
+                for name, flat in (("with bad", with_bad), ("good only", good_only))}
+    assert abs(sketches["with bad"] - sketches["good only"]) < 0.03
 
 
 def test_template_stand_in_swaps_the_medium_of_templates_without_a_known_style():
