@@ -304,3 +304,17 @@ def test_corpus_export_in_clip_retrieval_layout(world, tmp_path, monkeypatch):
     assert again["rows_encoded"] == 0 and again["complete"]
     with pytest.raises(ZsclipError, match="holds another export"):
         export_corpus(world, table, out, encoder, shard_rows=30, workers=1)
+
+
+def test_rewriting_the_table_keeps_the_sections_below_the_marker():
+    """`zsclip world table --write` replaces the table and keeps the prompt-search section written below it."""
+    from zsclip.claims import KEPT_MARKER, keep_sections
+
+    old = f"# table\n\n| old | 1 |\n\n{KEPT_MARKER}\n\n## Prompt search\n\n| run | 65.0 |\n"
+    new = "# table\n\n| new | 2 |\n"
+    merged = keep_sections(new, old)
+    assert merged == f"# table\n\n| new | 2 |\n\n{KEPT_MARKER}\n\n## Prompt search\n\n| run | 65.0 |\n"
+    assert "| old | 1 |" not in merged
+    assert keep_sections(new, "# a file without the marker\n") == new
+    assert keep_sections(new, "") == new
+    assert keep_sections(new, merged) == merged  # writing the same table again changes nothing

@@ -144,6 +144,21 @@ def claims_table(model: str = "toyworld", rows: Sequence[Row] = DEFAULT_ROWS, sp
     )
 
 
+#: in a file written by ``zsclip world table --write``, this line and all below it survive a rewrite of the table
+KEPT_MARKER = "<!-- end of the generated table: what follows is kept by `zsclip world table --write` -->"
+
+
+def keep_sections(text: str, old: str) -> str:
+    """``text`` (a newly generated table document) followed by what ``old`` has from :data:`KEPT_MARKER` on.
+
+    Sections that other scripts write below the table (the prompt-search rows of
+    ``benchmarks/search_summary.py``) are thereby kept when the table is regenerated.
+    """
+    if KEPT_MARKER not in old:
+        return text
+    return text.rstrip("\n") + "\n\n" + old[old.index(KEPT_MARKER):]
+
+
 def to_markdown(record: Record) -> str:
     """The table as Markdown: one row per method and ceiling, one column per tier (species count in brackets)."""
     table = record.results

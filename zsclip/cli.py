@@ -546,7 +546,7 @@ def world_table(
 ) -> None:
     """Measure the methods' claims in miniature: test top-1 per species tier, with the world's ceilings."""
     from ._io import write_bytes_atomic
-    from .claims import claims_table, to_markdown
+    from .claims import claims_table, keep_sections, to_markdown
 
     def go() -> None:
         record = claims_table(model=model, device=device)
@@ -562,7 +562,8 @@ def world_table(
                     "count in brackets); seeded rows give mean ± std over seeds (np.std, ddof = 0). Regenerate "
                     "with `zsclip world table --write docs/toyworld.md --json docs/toyworld.json`.\n\n"
                     + markdown + "\n")
-            write_bytes_atomic(write, text.encode())
+            old = write.read_text(encoding="utf-8") if write.exists() else ""
+            write_bytes_atomic(write, keep_sections(text, old).encode())
             out.print(f"wrote {write}", highlight=False, markup=False)
 
     run_or_exit(go)
