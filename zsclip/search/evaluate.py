@@ -311,39 +311,52 @@ class TemplateSetEvaluator(_Scorer):
 
     def _plan(self, sets: Sequence[Sequence[int]]):
         """Kernel inputs: per candidate its template rows with signs, and the earlier candidate it is built from
-        (when that reads fewer rows than a sum from scratch); int64 sums where int32 could overflow."""
+        (when that reads fewer rows than a sum from scratch; among equals, one already kept, else the latest);
+        int64 sums where int32 could overflow. Kept rows share slots once their last user is done."""
         ops: list[int] = []
         signs: list[int] = []
         starts = [0]
         base = np.full(len(sets), -1, dtype=np.int64)
-        keep_slot = np.full(len(sets), -1, dtype=np.int64)
         wide = np.zeros(len(sets), dtype=np.bool_)
         as_sets = [frozenset(s) for s in sets]
-        n_keep = 0
+        is_base = set()
         for k, ids in enumerate(sets):
             peak = sum(self._peak[i] for i in ids)
             wide[k] = peak > NARROW_LIMIT
             best, best_cost = -1, len(ids)
             if not wide[k]:
-                for j in range(max(0, k - self.WINDOW), k):
+                for j in range(k - 1, max(0, k - self.WINDOW) - 1, -1):
                     if wide[j]:
                         continue
                     cost = 1 + len(as_sets[k] ^ as_sets[j])
-                    if cost < best_cost and peak + sum(self._peak[i] for i in as_sets[j] - as_sets[k]) <= NARROW_LIMIT:
+                    if (cost < best_cost or (cost == best_cost and best >= 0 and j in is_base
+                                             and best not in is_base)) \
+                            and peak + sum(self._peak[i] for i in as_sets[j] - as_sets[k]) <= NARROW_LIMIT:
                         best, best_cost = j, cost
             if best < 0:
                 ops += ids
                 signs += [1] * len(ids)
             else:
                 base[k] = best
-                if keep_slot[best] < 0:
-                    keep_slot[best] = n_keep
-                    n_keep += 1
+                is_base.add(best)
                 added = sorted(as_sets[k] - as_sets[best])
                 removed = sorted(as_sets[best] - as_sets[k])
                 ops += added + removed
                 signs += [1] * len(added) + [-1] * len(removed)
             starts.append(len(ops))
+        last_use = {int(b): k for k, b in enumerate(base) if b >= 0}
+        keep_slot = np.full(len(sets), -1, dtype=np.int64)
+        free: list[int] = []
+        n_keep = 0
+        for k in range(len(sets)):
+            if base[k] >= 0 and last_use[int(base[k])] == k:
+                free.append(int(keep_slot[base[k]]))
+            if k in last_use:
+                if free:
+                    keep_slot[k] = free.pop()
+                else:
+                    keep_slot[k] = n_keep
+                    n_keep += 1
         ops_arr = np.array(ops, dtype=np.int64)
         return (ops_arr // self.CHUNK, ops_arr % self.CHUNK, np.array(signs, dtype=np.int8),
                 np.array(starts, dtype=np.int64), base, keep_slot, n_keep, wide)
