@@ -227,9 +227,10 @@ def set_factors(gram, pair_rows, pair_weight, starts, scale, out):
             out[k, j] = np.float32(scale / math.sqrt(acc[j]))
 
 
-#: below this many cosines per call rows run in one thread: waking a thread team costs more than the work (and
-#: on a loaded machine a team waits on descheduled threads)
-PARALLEL_MIN = 1 << 18
+#: below this many cosines per call rows run in one thread: waking a thread team costs more than the work, and
+#: on a loaded machine a team waits on descheduled threads (one ImageNet-scale candidate, 10^6 cosines, runs in
+#: one thread; a batch of several is split)
+PARALLEL_MIN = 1 << 22
 
 
 def _parts(cells: int) -> int:

@@ -109,7 +109,7 @@ def redundancy(t: torch.Tensor) -> float:
 
     The product is single precision (the costliest step of an evaluation with R) and only its upper block
     triangle is formed (blocks of ``R_BLOCK`` columns; the blocks off the diagonal count twice): 5/8 of the
-    full product's work at D = 512. Squares are summed in double.
+    full product's work at D = 512. Squares of its entries are summed in double.
     """
     t = t.float()
     m = t if t.shape[0] >= t.shape[1] else t.T
@@ -117,7 +117,7 @@ def redundancy(t: torch.Tensor) -> float:
     for a in range(0, m.shape[1], R_BLOCK):
         g = (m[:, a:a + R_BLOCK].T @ m[:, a:]).double().square_()
         fro2 += float(g[:, :R_BLOCK].sum()) + 2.0 * float(g[:, R_BLOCK:].sum())
-    diag2 = float(t.double().square().sum(1).square().sum())
+    diag2 = float(t.square().sum(1).double().square().sum())
     return math.sqrt(max(fro2 - diag2, 0.0) / 2.0)
 
 
