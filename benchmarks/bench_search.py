@@ -22,6 +22,9 @@ Evaluators, all computing the fitness terms (top-1, top-5, CE at logit scale 100
 * zsclip — this ``TemplateSetEvaluator``: ``evaluate`` per candidate, and ``evaluate_many`` per batch (how
   ProAPO's screening and epochs call it).
 
+Also ProAPO stage-2 edits at ImageNet scale (``ClassPromptEvaluator``, previous and this one): 17 classes
+(int(2.5·ln 1000)) get new items, only their cosines are recomputed.
+
 Workloads: random sets of 1 to 8 templates (as earlier versions of this benchmark), and ProAPO stage-1 epochs
 (4 parents of 2–6 templates; per parent 8 add-one / 8 remove-one / 8 replace-one children, 8 mutations, 16
 crossovers; deduplicated — ``zsclip.search.proapo.stage1_children``). The evaluators take turns, a slice of
@@ -230,12 +233,46 @@ def imagenet(args, baseline) -> list[str]:
                  "ProAPO epochs": ([s for b in batches for s in b], batches)}
     lines += compare("synthetic ImageNet (C=1000, N=1000, d=512, 240 templates)", evaluators, names, workloads,
                      args.rounds, naive=naive, naive_sets=random_sets(n_templates, args.naive, seed=2))
+    lines += stage2(features, labels, classes, baseline, args)
     weights = FitnessWeights()
     evaluators["zsclip"].weights = weights
     gap = max(abs(evaluators["zsclip"].evaluate([names[i] for i in s]).fitness
                   - naive_terms(features, labels, blocks[s].reshape(len(s) * c, d), len(s), weights))
               for s in random_sets(n_templates, 8, seed=3))
     lines.append(f"synthetic ImageNet, beta=0.05: largest |fitness(zsclip) - fitness(naive, float64 R)|: {gap:.2e}")
+    return lines
+
+
+def stage2(features: np.ndarray, labels: np.ndarray, classes: np.ndarray, baseline, args) -> list[str]:
+    """ProAPO stage-2 edits at ImageNet scale: 17 classes (int(2.5·ln 1000)) get 4 of their 12 items; only their
+    cosines are recomputed (``ClassPromptEvaluator``), previous and this evaluator interleaved."""
+    rng = np.random.default_rng(5)
+    c, d = classes.shape
+    items = [(rng.standard_normal((12, d)) / np.sqrt(d) + classes[k]).astype(np.float32) for k in range(c)]
+    edits = []
+    for _ in range(args.count // 2):
+        group = rng.choice(c, size=17, replace=False)
+        edits.append({int(k): sorted(rng.choice(12, size=4, replace=False).tolist()) for k in group})
+    lines = []
+    for beta in (0.05, 0.0):
+        evs = {}
+        for key, module in (("previous", baseline), ("zsclip", sys.modules["zsclip.search.evaluate"])):
+            if module is not None:
+                evs[key] = module.ClassPromptEvaluator(features, labels, items, module.FitnessWeights(r=beta), 100.0)
+                evs[key].set_base([list(range(4)) for _ in range(c)])
+                evs[key].evaluate(edits[0])
+        clock = Clock()
+        for r in range(args.rounds):
+            part = edits[r * len(edits) // args.rounds:(r + 1) * len(edits) // args.rounds]
+            for key, ev in evs.items():
+                clock.run(key, ev.evaluate, part)
+        for key in evs:
+            wall, cpu = clock.rates(key)
+            line = (f"synthetic ImageNet stage-2 edit of 17 classes, beta={beta:g}: {key} evaluate: "
+                    f"{wall:,.1f} evals/s wall, {cpu:,.1f} per CPU-s")
+            if key != "previous" and "previous" in evs:
+                line += f"; x{wall / clock.rates('previous')[0]:.2f} the previous (wall)"
+            lines.append(line)
     return lines
 
 

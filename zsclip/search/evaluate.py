@@ -113,10 +113,11 @@ def redundancy(t: torch.Tensor) -> float:
     """
     t = t.float()
     m = t if t.shape[0] >= t.shape[1] else t.T
+    k = m.shape[1]
     fro2 = 0.0
-    for a in range(0, m.shape[1], R_BLOCK):
+    for a in range(0, k, R_BLOCK):
         g = (m[:, a:a + R_BLOCK].T @ m[:, a:]).double().square_()
-        fro2 += float(g[:, :R_BLOCK].sum()) + 2.0 * float(g[:, R_BLOCK:].sum())
+        fro2 += float(g[:, :R_BLOCK].sum()) + (2.0 * float(g[:, R_BLOCK:].sum()) if a + R_BLOCK < k else 0.0)
     diag2 = float(t.square().sum(1).double().square().sum())
     return math.sqrt(max(fro2 - diag2, 0.0) / 2.0)
 
@@ -183,6 +184,10 @@ def _pair_row(a: int, b: int) -> int:
     return a * (a + 1) // 2 + b
 
 
+#: (row, column) indices of the lower triangle of m × m matrices, for the pairs of m-template sets
+_TRIL = [np.tril_indices(m) for m in range(33)]
+
+
 class TemplateSetEvaluator(_Scorer):
     """Stage 1 and hill-climbing: candidates are sets of templates (see the module docstring).
 
@@ -241,14 +246,11 @@ class TemplateSetEvaluator(_Scorer):
             raise ZsclipError("cannot evaluate an empty template set")
         return ids
 
-    def _block(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(self._blocks[i // self.CHUNK][i % self.CHUNK])
-
     def _block_sum(self, ids: Sequence[int]) -> torch.Tensor:
-        v = self._block(ids[0]).clone()
+        v = self._blocks[ids[0] // self.CHUNK][ids[0] % self.CHUNK].copy()
         for i in ids[1:]:
-            v += self._block(i)
-        return v
+            np.add(v, self._blocks[i // self.CHUNK][i % self.CHUNK], out=v)
+        return torch.from_numpy(v)
 
     def class_weights(self, templates: Iterable[str]) -> torch.Tensor:
         """The set's class weights: the renormalised mean of its blocks (C × D)."""
@@ -293,18 +295,21 @@ class TemplateSetEvaluator(_Scorer):
 
     def _factors(self, sets: Sequence[Sequence[int]]) -> np.ndarray:
         """Per candidate and class, ``scale · 2^-FRACTION_BITS / ‖Σ_t b_t[c]‖`` (K × C float32)."""
-        weights, starts = [], [0]
-        pairs = [(a, b) for ids in sets for x, a in enumerate(ids) for b in ids[:x + 1]]
+        firsts, seconds, weights, starts = [], [], [], [0]
         for ids in sets:
-            weights += [1.0 if b == a else 2.0 for x, a in enumerate(ids) for b in ids[:x + 1]]
-            starts.append(len(weights))
-        pairs_arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+            a, b = _TRIL[len(ids)] if len(ids) < len(_TRIL) else np.tril_indices(len(ids))
+            ids_arr = np.asarray(ids, dtype=np.int64)
+            firsts.append(ids_arr[a])
+            seconds.append(ids_arr[b])
+            weights.append(np.where(a == b, 1.0, 2.0))
+            starts.append(starts[-1] + len(a))
+        first, second = np.concatenate(firsts), np.concatenate(seconds)
         if self._update_gram():
-            gram, rows = self._gram, pairs_arr[:, 0] * (pairs_arr[:, 0] + 1) // 2 + pairs_arr[:, 1]
+            gram, rows = self._gram, first * (first + 1) // 2 + second
         else:
-            gram, rows = self._pair_grams(pairs_arr), np.arange(len(pairs_arr), dtype=np.int64)
+            gram, rows = self._pair_grams(np.stack([first, second], axis=1)), np.arange(len(first), dtype=np.int64)
         out = np.empty((len(sets), self.num_classes), dtype=np.float32)
-        set_factors(gram, rows, np.array(weights), np.array(starts, dtype=np.int64), self._fp_scale, out)
+        set_factors(gram, rows, np.concatenate(weights), np.array(starts, dtype=np.int64), self._fp_scale, out)
         return out
 
     # -- evaluation -------------------------------------------------------------------------------------------
@@ -318,6 +323,11 @@ class TemplateSetEvaluator(_Scorer):
         starts = [0]
         base = np.full(len(sets), -1, dtype=np.int64)
         wide = np.zeros(len(sets), dtype=np.bool_)
+        if len(sets) == 1:
+            ids = np.asarray(sets[0], dtype=np.int64)
+            wide[0] = sum(self._peak[i] for i in sets[0]) > NARROW_LIMIT
+            return (ids // self.CHUNK, ids % self.CHUNK, np.ones(len(ids), dtype=np.int8),
+                    np.array([0, len(ids)], dtype=np.int64), base, np.full(1, -1, dtype=np.int64), 0, wide)
         as_sets = [frozenset(s) for s in sets]
         is_base = set()
         for k, ids in enumerate(sets):
@@ -365,7 +375,7 @@ class TemplateSetEvaluator(_Scorer):
         """R of the set ``ids`` whose class weights are its block sum times ``factors / scale`` (the norms of
         the Gram rows, the same the cosines use)."""
         v = self._block_sum(ids)
-        v *= torch.from_numpy(factors / np.float32(self._fp_scale))[:, None]
+        v.mul_(torch.from_numpy(factors)[:, None]).div_(self._fp_scale)
         return redundancy(v)
 
     def evaluate(self, templates: Iterable[str]) -> Terms:
