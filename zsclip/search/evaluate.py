@@ -113,11 +113,13 @@ def redundancy(t: torch.Tensor) -> float:
     """
     t = t.float()
     m = t if t.shape[0] >= t.shape[1] else t.T
-    k = m.shape[1]
-    fro2 = 0.0
-    for a in range(0, k, R_BLOCK):
-        g = (m[:, a:a + R_BLOCK].T @ m[:, a:]).double().square_()
-        fro2 += float(g[:, :R_BLOCK].sum()) + (2.0 * float(g[:, R_BLOCK:].sum()) if a + R_BLOCK < k else 0.0)
+    if m.shape[1] <= R_BLOCK:
+        fro2 = float((m.T @ m).double().square_().sum())
+    else:
+        fro2 = 0.0
+        for a in range(0, m.shape[1], R_BLOCK):
+            g = (m[:, a:a + R_BLOCK].T @ m[:, a:]).double().square_()
+            fro2 += float(g[:, :R_BLOCK].sum()) + 2.0 * float(g[:, R_BLOCK:].sum())
     diag2 = float(t.square().sum(1).double().square().sum())
     return math.sqrt(max(fro2 - diag2, 0.0) / 2.0)
 
@@ -191,11 +193,12 @@ _TRIL = [np.tril_indices(m) for m in range(33)]
 class TemplateSetEvaluator(_Scorer):
     """Stage 1 and hill-climbing: candidates are sets of templates (see the module docstring).
 
-    Cached per template: its class block (C × D, for class weights and R) and its cosines with the fitting
-    images as fixed-point integers (N × C int32: 4 bytes per cosine, 0.96 GB for 240 templates at ImageNet
-    scale); per template pair, its per-class Gram row (C float32: 115 MB for 240 templates and 1,000 classes),
-    while the Gram cache stays under ``gram_bytes`` — above it the Gram rows a set needs are computed at each
-    evaluation by the same function, with the same bits (slower, never different).
+    Cached per template: its class block (C × D float32, for the norms, class weights and R: 0.49 GB for 240
+    templates at ImageNet scale, C = 1,000, D = 512) and its cosines with the fitting images as fixed-point
+    integers (N × C int32: 0.96 GB for 240 templates and N = 1,000 images); per template pair, its per-class
+    Gram row (C float32: 0.12 GB for 240 templates and 1,000 classes, T(T+1)/2 rows), while the Gram cache
+    stays under ``gram_bytes`` (2 GiB: about 1,000 templates at 1,000 classes) — above it the Gram rows a set
+    needs are computed at each evaluation by the same function, with the same bits (slower, never different).
     """
 
     #: templates per cached array (the arrays are allocated a chunk at a time, never copied)
@@ -205,7 +208,7 @@ class TemplateSetEvaluator(_Scorer):
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, num_classes: int,
                  weights: FitnessWeights = FitnessWeights(), logit_scale: float | None = None,
-                 gram_bytes: int = 1 << 30) -> None:
+                 gram_bytes: int = 2 << 30) -> None:
         super().__init__(features, labels, num_classes, weights, logit_scale)
         self._index: dict[str, int] = {}
         self._blocks = List.empty_list(types.float32[:, :, ::1])
@@ -374,9 +377,9 @@ class TemplateSetEvaluator(_Scorer):
     def _redundancy(self, ids: Sequence[int], factors: np.ndarray) -> float:
         """R of the set ``ids`` whose class weights are its block sum times ``factors / scale`` (the norms of
         the Gram rows, the same the cosines use)."""
-        v = self._block_sum(ids)
-        v.mul_(torch.from_numpy(factors)[:, None]).div_(self._fp_scale)
-        return redundancy(v)
+        v = self._block_sum(ids).numpy()
+        v *= (factors / np.float32(self._fp_scale))[:, None]
+        return redundancy(torch.from_numpy(v))
 
     def evaluate(self, templates: Iterable[str]) -> Terms:
         """The fitness terms of a template set (its order and repeats do not matter)."""
