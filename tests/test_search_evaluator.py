@@ -148,12 +148,14 @@ def test_int64_sums_and_gram_rows_on_demand_give_the_same_bits(monkeypatch):
 
 
 def test_templates_added_between_evaluations_give_the_terms_of_a_full_cache():
-    """Hill-climbing adds a template or two per step; the Gram cache grows; nothing already scored moves."""
+    """Hill-climbing adds a template or two per step; the Gram cache grows, and is dropped when it would exceed
+    its bound (here past 9 templates); nothing already scored moves."""
     x, y, blocks = world(seed=7)
     weights = FitnessWeights()
     full = evaluator(x, y, blocks, weights)
     names = list(blocks)
-    growing = TemplateSetEvaluator(x, y, len(blocks["t0"]), weights, logit_scale=50.0)
+    c = len(blocks["t0"])
+    growing = TemplateSetEvaluator(x, y, c, weights, logit_scale=50.0, gram_bytes=9 * 10 // 2 * c * 4)
     for name in names[:3]:
         growing.add(name, blocks[name])
     first = growing.evaluate(names[:2])
@@ -162,6 +164,7 @@ def test_templates_added_between_evaluations_give_the_terms_of_a_full_cache():
         assert rows([growing.evaluate([name])]) == rows([full.evaluate([name])])
         assert rows([growing.evaluate(names[k - 2:k + 1])]) == rows([full.evaluate(names[k - 2:k + 1])])
     assert rows([growing.evaluate(names[:2])]) == rows([first]) == rows([full.evaluate(names[:2])])
+    assert growing._gram_done < 0 < full._gram_done  # the bound was reached and the cache dropped
 
 
 def test_class_weights_and_errors():

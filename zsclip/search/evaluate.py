@@ -274,19 +274,20 @@ class TemplateSetEvaluator(_Scorer):
         """Cache the Gram rows of templates added since the last call; False when the cache would exceed
         ``gram_bytes`` (then it is dropped and rows are computed per evaluation)."""
         t = len(self._index)
-        if self._gram_done == t:
-            return self._gram_done >= 0
         if self._gram_done < 0:
             return False
+        if self._gram_done == t:
+            return True
         rows = t * (t + 1) // 2
-        if rows * self.num_classes * 4 > self.gram_bytes:
+        limit = self.gram_bytes // (self.num_classes * 4)
+        if rows > limit:
             log.info("template Gram cache of %d templates would exceed %d bytes: computing Gram rows per "
                      "evaluation", t, self.gram_bytes)
             self._gram = np.zeros((0, self.num_classes), dtype=np.float32)
             self._gram_done = -1
             return False
         if len(self._gram) < rows:
-            grown = np.empty((max(rows, 2 * len(self._gram)), self.num_classes), dtype=np.float32)
+            grown = np.empty((max(rows, min(2 * len(self._gram), limit)), self.num_classes), dtype=np.float32)
             done = self._gram_done * (self._gram_done + 1) // 2
             grown[:done] = self._gram[:done]
             self._gram = grown
