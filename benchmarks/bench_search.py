@@ -1,4 +1,5 @@
-"""Benchmark: template-set evaluations per second of the search evaluator against a naive evaluation, in one run.
+"""Benchmark: template-set evaluations per second of the search evaluator, the previous evaluator and a naive
+evaluation, in one process.
 
 Two settings:
 
@@ -9,40 +10,54 @@ Two settings:
   random unit image features and per-template class embeddings (a class direction plus a template
   direction plus noise, normalised).
 
-Both evaluators compute the same fitness terms (top-1, top-5, CE at logit scale 100, R) of random template
-sets of 1 to 8 templates (the sizes ProAPO's stage 1 evaluates):
+Evaluators, all computing the fitness terms (top-1, top-5, CE at logit scale 100, and R when β ≠ 0):
 
 * naive — what a search without caches does per candidate: encode every text of the set (templates × class
   names) with a text tower, average into class weights, one product with the image features, the terms.
   Toy world: the toy CLIP's real text tower. Synthetic ImageNet: the toy CLIP's text tower stands in for
   the text encoder (it encodes the set's 1,000-class texts; the 512-d embeddings used afterwards are the
   synthetic ones): a lower bound, as a ViT-B/32 text tower costs far more per text.
-* zsclip — ``TemplateSetEvaluator``: per-template class blocks and their cosines with the features cached
-  once; a set is a sum of cached arrays and a per-class rescale.
+* previous — ``zsclip/search/evaluate.py`` and ``_kernels.py`` at ``--baseline-rev`` (read with ``git show``),
+  one ``evaluate`` per candidate;
+* zsclip — this ``TemplateSetEvaluator``: ``evaluate`` per candidate, and ``evaluate_many`` per batch (how
+  ProAPO's screening and epochs call it).
 
-Also stage-2 edits at ImageNet scale (``ClassPromptEvaluator``): 17 classes (int(2.5·ln 1000)) get new items,
-only their cosines are recomputed. Evaluations/s are reported with R (β = 0.05, the argparse default) and
-without it (β = 0, the published YAMLs' stage-2 setting).
+Also ProAPO stage-2 edits at ImageNet scale (``ClassPromptEvaluator``, previous and this one): 17 classes
+(int(2.5·ln 1000)) get new items, only their cosines are recomputed.
 
-    python benchmarks/bench_search.py               # a few minutes on 2 cores (the toy stores are built once)
-    python benchmarks/bench_search.py --skip-toy    # synthetic ImageNet only
-    git show REV:zsclip/search/evaluate.py > /tmp/old_evaluate.py
-    python benchmarks/bench_search.py --baseline /tmp/old_evaluate.py   # old against new, interleaved, one process
+Workloads: random sets of 1 to 8 templates (as earlier versions of this benchmark), and ProAPO stage-1 epochs
+(4 parents of 2–6 templates; per parent 8 add-one / 8 remove-one / 8 replace-one children, 8 mutations, 16
+crossovers; deduplicated — ``zsclip.search.proapo.stage1_children``). The evaluators take turns, a slice of
+candidates each, ``--rounds`` times, so a load swing on the shared machine slows all of them alike; each row
+gives evaluations per second of wall time and per second of the process's CPU time (user + system, all
+threads), and the load average is printed before and after. β = 0.05 is ProAPO's argparse default (R is
+computed), β = 0 the published YAMLs' usual setting (R is not computed); the same evaluator objects are timed
+with both weights.
+
+    python benchmarks/bench_search.py               # toy world + synthetic ImageNet (the toy stores are built once)
+    python benchmarks/bench_search.py --skip-toy --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
 import torch
 
-import zsclip.search.evaluate as evaluate_module
-from zsclip.search.evaluate import ClassPromptEvaluator, FitnessWeights, TemplateSetEvaluator
+from zsclip.search.evaluate import FitnessWeights
+from zsclip.search.proapo import stage1_children
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the evaluator before the fixed-point / Gram / batched version
+BASELINE_REV = "8b5e310"
 
 
 def naive_terms(features: np.ndarray, labels: np.ndarray, text_emb: np.ndarray, n_templates: int,
@@ -71,57 +86,111 @@ def random_sets(n_templates: int, count: int, seed: int = 0) -> list[list[int]]:
             for _ in range(count)]
 
 
-def rate(fn, items) -> tuple[float, float]:
-    """(evaluations per second, seconds) of ``fn`` over ``items``."""
-    start = time.perf_counter()
-    for item in items:
-        fn(item)
-    seconds = time.perf_counter() - start
-    return len(items) / seconds, seconds
+def in_batches(sets: list[list[int]], size: int = 120) -> list[list[list[int]]]:
+    return [sets[i:i + size] for i in range(0, len(sets), size)]
 
 
-def toy_world(fast_count: int, naive_count: int) -> list[tuple[str, float]]:
-    from zsclip.datasets import get_dataset
-    from zsclip.pipeline import encoder_for
-    from zsclip.prompts import format_template
-    from zsclip.search.data import search_data
-    from zsclip.search.evaluate import template_blocks
-    from zsclip.search.proapo import template_library
-    from zsclip.stores import TextEmbeddingCache
-
-    ds = get_dataset("toyworld")
-    enc = encoder_for(ds)
-    data = search_data(ds, enc, shots=1, seed=1)
-    library = template_library(ds.card.get("type_words", ["creature"]))
-    cache = TextEmbeddingCache(enc)
-    t0 = time.perf_counter()
-    blocks = template_blocks(library, ds.classnames, cache)
-    setup = time.perf_counter() - t0
-    sets = random_sets(len(library), fast_count)
-    out = []
-    for beta in (0.05, 0.0):
-        weights = FitnessWeights(r=beta)
-        ev = TemplateSetEvaluator(data.fit_features, data.fit_labels, len(ds.classnames), weights, enc.logit_scale)
-        t0 = time.perf_counter()
-        for t, b in blocks.items():
-            ev.add(t, b)
-        setup_ev = time.perf_counter() - t0
-        fast, _ = rate(lambda s, ev=ev: ev.evaluate([library[i] for i in s]), sets)
-        out.append((f"toy world (C=100, N=100, d=64, library {len(library)}), beta={beta:g}: zsclip", fast))
-
-        def naive(s: list[int], weights: FitnessWeights = weights) -> float:
-            texts = [format_template(library[i], c) for i in s for c in ds.classnames]
-            emb = enc.encode_texts(texts)
-            return naive_terms(data.fit_features, data.fit_labels, emb, len(s), weights, enc.logit_scale)
-
-        slow, _ = rate(naive, sets[:naive_count])
-        out.append((f"toy world, beta={beta:g}: naive (toy text tower per candidate)", slow))
-    out.append((f"toy world: one-off block setup ({len(library)} templates, text cache + products) s",
-                setup + setup_ev))
-    return out
+def proapo_epochs(n_templates: int, count: int, seed: int = 0) -> list[list[list[int]]]:
+    """Batches of deduplicated ProAPO stage-1 candidates (one batch per epoch) until ``count`` candidates."""
+    rng = np.random.default_rng(seed)
+    batches, total, epoch = [], 0, 0
+    while total < count:
+        parents = [sorted(rng.choice(n_templates, size=int(rng.integers(2, 7)), replace=False).tolist())
+                   for _ in range(4)]
+        seen, batch = set(), []
+        for _, ids in stage1_children(parents, n_templates, epoch % 8, rng):
+            if tuple(ids) not in seen:
+                seen.add(tuple(ids))
+                batch.append(ids)
+        batches.append(batch)
+        total += len(batch)
+        epoch += 1
+    return batches
 
 
-def imagenet(fast_count: int, naive_count: int) -> list[tuple[str, float]]:
+def load_baseline(rev: str):
+    """``evaluate.py`` with its ``_kernels.py`` at git revision ``rev``, as modules beside the current ones."""
+    texts = {}
+    for name in ("_kernels", "evaluate"):
+        texts[name] = subprocess.run(["git", "show", f"{rev}:zsclip/search/{name}.py"], cwd=ROOT, check=True,
+                                     capture_output=True, text=True).stdout
+    texts["evaluate"] = texts["evaluate"].replace("from ._kernels import", "from ._baseline_kernels import")
+    texts = {name: text.replace("cache=True", "cache=False") for name, text in texts.items()}  # no source file
+    modules = {}
+    for name in ("_kernels", "evaluate"):
+        full = f"zsclip.search._baseline{name if name.startswith('_') else '_' + name}"
+        spec = importlib.util.spec_from_loader(full, loader=None)
+        module = importlib.util.module_from_spec(spec)
+        module.__package__ = "zsclip.search"
+        sys.modules[full] = module
+        exec(compile(texts[name], f"<{rev}:zsclip/search/{name}.py>", "exec"), module.__dict__)
+        modules[name] = module
+    return modules["evaluate"]
+
+
+class Clock:
+    """Wall and process CPU seconds spent per method, accumulated over rounds."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, list[float]] = {}
+
+    def run(self, name: str, fn, items, count: int | None = None) -> None:
+        """Call ``fn`` on each item; ``count`` evaluations in all (default: one per item)."""
+        w, c = time.perf_counter(), time.process_time()
+        for item in items:
+            fn(item)
+        acc = self.spent.setdefault(name, [0.0, 0.0, 0])
+        acc[0] += time.perf_counter() - w
+        acc[1] += time.process_time() - c
+        acc[2] += len(items) if count is None else count
+
+    def rates(self, name: str) -> tuple[float, float]:
+        wall, cpu, count = self.spent[name]
+        return count / wall, count / cpu
+
+
+def compare(title: str, evaluators: dict, names: list[str], workloads: dict, rounds: int, betas=(0.05, 0.0),
+            naive=None, naive_sets=()) -> list[str]:
+    """Time every evaluator on every workload, interleaved, and return report lines."""
+    lines = []
+    for beta in betas:
+        for ev in evaluators.values():
+            ev.weights = type(ev.weights)(r=beta)  # the same caches, other fitness weights
+        clock = Clock()
+        for label, (sets, batches) in workloads.items():
+            as_names = [[names[i] for i in s] for s in sets]
+            batch_names = [[[names[i] for i in s] for s in b] for b in batches]
+            for ev in evaluators.values():  # compile, warm
+                ev.evaluate(as_names[0])
+            for r in range(rounds):
+                sl = slice(r * len(as_names) // rounds, (r + 1) * len(as_names) // rounds)
+                bl = slice(r * len(batch_names) // rounds, (r + 1) * len(batch_names) // rounds)
+                for key, ev in evaluators.items():
+                    clock.run(f"{label}|{key} evaluate", ev.evaluate, as_names[sl])
+                clock.run(f"{label}|zsclip evaluate_many", evaluators["zsclip"].evaluate_many, batch_names[bl],
+                          sum(len(b) for b in batch_names[bl]))
+        if naive is not None:
+            weights = FitnessWeights(r=beta)
+            clock.run("naive|naive", lambda s, w=weights: naive(s, w), naive_sets)
+            naive_rate = clock.rates("naive|naive")
+            lines.append(f"{title}, beta={beta:g}: naive (text tower per candidate): {naive_rate[0]:,.2f} evals/s "
+                         f"wall, {naive_rate[1]:,.2f} per CPU-s")
+        for name in clock.spent:
+            if name.startswith("naive"):
+                continue
+            wall, cpu = clock.rates(name)
+            label, method = name.split("|")
+            line = f"{title}, beta={beta:g}, {label}: {method}: {wall:,.1f} evals/s wall, {cpu:,.1f} per CPU-s"
+            base = f"{label}|previous evaluate"
+            if base in clock.spent and not name.endswith("previous evaluate"):
+                line += f"; x{wall / clock.rates(base)[0]:.2f} the previous (wall)"
+            if naive is not None:
+                line += f", x{wall / naive_rate[0]:,.0f} naive"
+            lines.append(line)
+    return lines
+
+
+def imagenet(args, baseline) -> list[str]:
     from zsclip.datasets import get_dataset
     from zsclip.pipeline import encoder_for
 
@@ -135,122 +204,144 @@ def imagenet(fast_count: int, naive_count: int) -> list[tuple[str, float]]:
     styles = unit(rng.standard_normal((n_templates, d)))
     labels = np.arange(c)
     features = unit(classes + 0.8 * unit(rng.standard_normal((c, d))))
-    out = []
-    t0 = time.perf_counter()
     blocks = np.stack([unit(classes + 0.3 * styles[t] + 0.2 * rng.standard_normal((c, d), dtype=np.float32))
                        for t in range(n_templates)])
-    gen = time.perf_counter() - t0
-    sets = random_sets(n_templates, fast_count)
+    names = [str(t) for t in range(n_templates)]
+    lines = []
+    evaluators = {}
+    for key, module in (("previous", baseline), ("zsclip", sys.modules["zsclip.search.evaluate"])):
+        if module is None:
+            continue
+        w, cpu = time.perf_counter(), time.process_time()
+        ev = module.TemplateSetEvaluator(features, labels, c, module.FitnessWeights(), 100.0)
+        for t in range(n_templates):
+            ev.add(names[t], blocks[t])
+        ev.evaluate(names[:2])  # the new evaluator fills its Gram cache here
+        lines.append(f"synthetic ImageNet: {key} one-off setup of 240 cached templates: "
+                     f"{time.perf_counter() - w:.1f} s wall, {time.process_time() - cpu:.1f} CPU-s")
+        evaluators[key] = ev
     encoder = encoder_for(get_dataset("toyworld"))
-    names = [f"class number {i}" for i in range(c)]
+    class_names = [f"class number {i}" for i in range(c)]
+
+    def naive(s: list[int], weights: FitnessWeights) -> float:
+        encoder.encode_texts([f"template {i} of a {name}." for i in s for name in class_names])
+        return naive_terms(features, labels, blocks[s].reshape(len(s) * c, d), len(s), weights)
+
+    batches = proapo_epochs(n_templates, args.count, seed=1)
+    plain = random_sets(n_templates, args.count)
+    workloads = {"random sets of 1-8": (plain, in_batches(plain)),
+                 "ProAPO epochs": ([s for b in batches for s in b], batches)}
+    lines += compare("synthetic ImageNet (C=1000, N=1000, d=512, 240 templates)", evaluators, names, workloads,
+                     args.rounds, naive=naive, naive_sets=random_sets(n_templates, args.naive, seed=2))
+    lines += stage2(features, labels, classes, baseline, args)
+    weights = FitnessWeights()
+    evaluators["zsclip"].weights = weights
+    gap = max(abs(evaluators["zsclip"].evaluate([names[i] for i in s]).fitness
+                  - naive_terms(features, labels, blocks[s].reshape(len(s) * c, d), len(s), weights))
+              for s in random_sets(n_templates, 8, seed=3))
+    lines.append(f"synthetic ImageNet, beta=0.05: largest |fitness(zsclip) - fitness(naive, float64 R)|: {gap:.2e}")
+    return lines
+
+
+def stage2(features: np.ndarray, labels: np.ndarray, classes: np.ndarray, baseline, args) -> list[str]:
+    """ProAPO stage-2 edits at ImageNet scale: 17 classes (int(2.5·ln 1000)) get 4 of their 12 items; only their
+    cosines are recomputed (``ClassPromptEvaluator``), previous and this evaluator interleaved."""
+    rng = np.random.default_rng(5)
+    c, d = classes.shape
+    items = [(rng.standard_normal((12, d)) / np.sqrt(d) + classes[k]).astype(np.float32) for k in range(c)]
+    edits = []
+    for _ in range(args.count // 2):
+        group = rng.choice(c, size=17, replace=False)
+        edits.append({int(k): sorted(rng.choice(12, size=4, replace=False).tolist()) for k in group})
+    lines = []
     for beta in (0.05, 0.0):
-        weights = FitnessWeights(r=beta)
-        ev = TemplateSetEvaluator(features, labels, c, weights, 100.0)
-        t0 = time.perf_counter()
-        for t in range(n_templates):
-            ev.add(str(t), blocks[t])
-        setup = time.perf_counter() - t0
-        fast, _ = rate(lambda s, ev=ev: ev.evaluate([str(i) for i in s]), sets)
-        out.append((f"synthetic ImageNet (C=1000, N=1000, d=512, 240 templates), beta={beta:g}: zsclip", fast))
-
-        def naive(s: list[int], weights: FitnessWeights = weights) -> float:
-            encoder.encode_texts([f"template {i} of a {name}." for i in s for name in names])
-            emb = blocks[s].reshape(len(s) * c, d)
-            return naive_terms(features, labels, emb, len(s), weights)
-
-        slow, _ = rate(naive, sets[:naive_count])
-        out.append((f"synthetic ImageNet, beta={beta:g}: naive (toy text tower for the texts)", slow))
-        gap = max(abs(ev.evaluate([str(i) for i in s]).fitness
-                      - naive_terms(features, labels, blocks[s].reshape(len(s) * c, d), len(s), weights))
-                  for s in sets[:naive_count])
-        out.append((f"synthetic ImageNet, beta={beta:g}: largest |fitness(zsclip) - fitness(naive, float64 R)|",
-                    gap))
-
-        # stage 2: edits of 17 classes with 4 items each out of 12
-        items = [unit(rng.standard_normal((12, d))) + classes[k] for k in range(c)]
-        ev2 = ClassPromptEvaluator(features, labels, items, weights, 100.0)
-        ev2.set_base([list(range(4)) for _ in range(c)])
-        edits = []
-        for _ in range(fast_count):
-            group = rng.choice(c, size=17, replace=False)
-            edits.append({int(k): sorted(rng.choice(12, size=4, replace=False).tolist()) for k in group})
-        stage2, _ = rate(ev2.evaluate, edits)
-        out.append((f"synthetic ImageNet stage-2 edit of 17 classes, beta={beta:g}: zsclip", stage2))
-    out.append(("synthetic ImageNet: one-off setup of 240 cached blocks s", setup + gen))
-    return out
+        evs = {}
+        for key, module in (("previous", baseline), ("zsclip", sys.modules["zsclip.search.evaluate"])):
+            if module is not None:
+                evs[key] = module.ClassPromptEvaluator(features, labels, items, module.FitnessWeights(r=beta), 100.0)
+                evs[key].set_base([list(range(4)) for _ in range(c)])
+                evs[key].evaluate(edits[0])
+        clock = Clock()
+        for r in range(args.rounds):
+            part = edits[r * len(edits) // args.rounds:(r + 1) * len(edits) // args.rounds]
+            for key, ev in evs.items():
+                clock.run(key, ev.evaluate, part)
+        for key in evs:
+            wall, cpu = clock.rates(key)
+            line = (f"synthetic ImageNet stage-2 edit of 17 classes, beta={beta:g}: {key} evaluate: "
+                    f"{wall:,.1f} evals/s wall, {cpu:,.1f} per CPU-s")
+            if key != "previous" and "previous" in evs:
+                line += f"; x{wall / clock.rates('previous')[0]:.2f} the previous (wall)"
+            lines.append(line)
+    return lines
 
 
-def load_baseline(path: str):
-    """An older ``zsclip/search/evaluate.py`` (e.g. ``git show REV:zsclip/search/evaluate.py > FILE``) as a module."""
-    import importlib.util
+def toy_world(args, baseline) -> list[str]:
+    from zsclip.datasets import get_dataset
+    from zsclip.pipeline import encoder_for
+    from zsclip.prompts import format_template
+    from zsclip.search.data import search_data
+    from zsclip.search.evaluate import template_blocks
+    from zsclip.search.proapo import template_library
+    from zsclip.stores import TextEmbeddingCache
 
-    spec = importlib.util.spec_from_file_location("zsclip.search._baseline_evaluate", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    ds = get_dataset("toyworld")
+    enc = encoder_for(ds)
+    data = search_data(ds, enc, shots=1, seed=1)
+    library = template_library(ds.card.get("type_words", ["creature"]))
+    cache = TextEmbeddingCache(enc)
+    w = time.perf_counter()
+    blocks = template_blocks(library, ds.classnames, cache)
+    lines = [f"toy world: text blocks of {len(library)} templates (text cache): {time.perf_counter() - w:.1f} s"]
+    evaluators = {}
+    for key, module in (("previous", baseline), ("zsclip", sys.modules["zsclip.search.evaluate"])):
+        if module is None:
+            continue
+        w = time.perf_counter()
+        ev = module.TemplateSetEvaluator(data.fit_features, data.fit_labels, len(ds.classnames),
+                                         module.FitnessWeights(), enc.logit_scale)
+        for t, b in blocks.items():
+            ev.add(t, b)
+        ev.evaluate(library[:2])
+        lines.append(f"toy world: {key} one-off setup of {len(library)} cached templates: "
+                     f"{time.perf_counter() - w:.2f} s")
+        evaluators[key] = ev
 
+    def naive(s: list[int], weights: FitnessWeights) -> float:
+        texts = [format_template(library[i], c) for i in s for c in ds.classnames]
+        emb = enc.encode_texts(texts)
+        return naive_terms(data.fit_features, data.fit_labels, emb, len(s), weights, enc.logit_scale)
 
-def interleaved(baseline, count: int) -> list[tuple[str, float]]:
-    """Synthetic ImageNet stage-1 evaluations/s of ``baseline``'s evaluator and this one, alternating set by set
-    in one process (so a loaded machine slows both alike), and the ratio."""
-    c, n_templates, d = 1000, 240, 512
-    rng = np.random.default_rng(0)
-    unit = lambda a: (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)  # noqa: E731
-    classes = unit(rng.standard_normal((c, d)))
-    features = unit(classes + 0.8 * unit(rng.standard_normal((c, d))))
-    labels = np.arange(c)
-    sets = [[str(i) for i in s] for s in random_sets(n_templates, count, seed=1)]
-    out = []
-    for beta in (0.05, 0.0):
-        evs = [module.TemplateSetEvaluator(features, labels, c, module.FitnessWeights(r=beta), 100.0)
-               for module in (baseline, evaluate_module)]
-        for t in range(n_templates):
-            block = unit(classes + 0.3 * unit(rng.standard_normal(d)) + 0.2 * rng.standard_normal((c, d)))
-            for ev in evs:
-                ev.add(str(t), block)
-        for ev in evs:
-            ev.evaluate(sets[0])  # compiles the kernels
-        spent = [0.0, 0.0]
-        for s in sets:
-            for k, ev in enumerate(evs):
-                t0 = time.perf_counter()
-                ev.evaluate(s)
-                spent[k] += time.perf_counter() - t0
-        old, new = (len(sets) / x for x in spent)
-        out += [(f"interleaved synthetic ImageNet, beta={beta:g}: baseline evaluator", old),
-                (f"interleaved synthetic ImageNet, beta={beta:g}: this evaluator", new),
-                (f"interleaved synthetic ImageNet, beta={beta:g}: speed-up x", new / old)]
-    return out
+    n = len(library)
+    batches = proapo_epochs(n, args.count, seed=1)
+    plain = random_sets(n, args.count)
+    workloads = {"random sets of 1-8": (plain, in_batches(plain)),
+                 "ProAPO epochs": ([s for b in batches for s in b], batches)}
+    lines += compare(f"toy world (C=100, N=100, d=64, library {n})", evaluators, library, workloads, args.rounds,
+                     naive=naive, naive_sets=random_sets(n, args.naive, seed=2))
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fast", type=int, default=400, help="candidate sets timed with the zsclip evaluator")
-    parser.add_argument("--naive", type=int, default=4, help="candidate sets timed with the naive evaluation")
+    parser.add_argument("--count", type=int, default=480, help="candidates per workload and evaluator")
+    parser.add_argument("--rounds", type=int, default=4, help="turns the evaluators take (interleaving)")
+    parser.add_argument("--naive", type=int, default=3, help="candidate sets timed with the naive evaluation")
     parser.add_argument("--skip-toy", action="store_true", help="only the synthetic ImageNet setting")
-    parser.add_argument("--baseline", help="an older evaluate.py to time against this one, interleaved (only this)")
+    parser.add_argument("--baseline-rev", default=BASELINE_REV,
+                        help="git revision of the previous evaluator ('' to leave it out)")
     parser.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: their choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
         numba.set_num_threads(args.threads)
+    baseline = load_baseline(args.baseline_rev) if args.baseline_rev else None
     print(f"torch threads: {torch.get_num_threads()}, numba threads: {numba.get_num_threads()}, "
-          f"load average: {os.getloadavg()[0]:.2f}", flush=True)
-    if args.baseline:
-        rows = interleaved(load_baseline(args.baseline), args.fast)
-    else:
-        rows = [] if args.skip_toy else toy_world(args.fast, args.naive)
-        rows += imagenet(args.fast, args.naive)
-    for name, value in rows:
-        if name.endswith(" x"):
-            print(f"{name[:-2]}: {value:.2f}x")
-        elif name.endswith(" s"):
-            print(f"{name}: {value:,.2f}")
-        elif name.endswith("|"):
-            print(f"{name}: {value:.2e}")
-        else:
-            print(f"{name}: {value:,.2f} evals/s")
+          f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    lines = [] if args.skip_toy else toy_world(args, baseline)
+    lines += imagenet(args, baseline)
+    print("\n".join(lines))
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -204,7 +204,7 @@ class ProAPO:
         candidates = list(dict.fromkeys([BASELINE, *self.library]))
         ctx.reserve(len(candidates))
         self._ensure_blocks(candidates)
-        scores = {t: self.evaluator.evaluate([t]) for t in candidates}
+        scores = dict(zip(candidates, self.evaluator.evaluate_many([[t] for t in candidates])))
         limit = scores[BASELINE].top1 - screening_threshold(len(self.classnames))
         kept = [i for i, t in enumerate(self.library) if scores[t].top1 > limit]
         if self.max_prompts is not None:
@@ -228,9 +228,9 @@ class ProAPO:
         ctx.reserve(len(fresh))
         self._ensure_blocks(self._templates(sorted({i for _, ids in fresh for i in ids}), state["kept"]))
         rows = []
-        for op, ids in fresh:
+        batch = self.evaluator.evaluate_many([self._templates(ids, state["kept"]) for _, ids in fresh])
+        for (op, ids), terms in zip(fresh, batch):
             templates = self._templates(ids, state["kept"])
-            terms = self.evaluator.evaluate(templates)
             state["archive"].append([ids, terms.fitness, terms.top1])
             rows.append({"stage": stage, "operator": op, "candidate": json.dumps(templates), **terms.row()})
         return rows
