@@ -149,13 +149,18 @@ class Clock:
         return count / wall, count / cpu
 
 
-def compare(title: str, evaluators: dict, names: list[str], workloads: dict, rounds: int, betas=(0.05, 0.0),
-            naive=None, naive_sets=()) -> list[str]:
+#: fitness weights timed: ProAPO's (with and without R) and hill-climbing's top-1 only (no CE, no R)
+FITNESSES = {"beta=0.05": {"r": 0.05}, "beta=0": {"r": 0.0},
+             "top-1 only": {"top1": 1.0, "top5": 0.0, "r": 0.0, "ce": 0.0}}
+
+
+def compare(title: str, evaluators: dict, names: list[str], workloads: dict, rounds: int,
+            fitnesses=tuple(FITNESSES), naive=None, naive_sets=()) -> list[str]:
     """Time every evaluator on every workload, interleaved, and return report lines."""
     lines = []
-    for beta in betas:
+    for fit in fitnesses:
         for ev in evaluators.values():
-            ev.weights = type(ev.weights)(r=beta)  # the same caches, other fitness weights
+            ev.weights = type(ev.weights)(**FITNESSES[fit])  # the same caches, other fitness weights
         clock = Clock()
         for label, (sets, batches) in workloads.items():
             as_names = [[names[i] for i in s] for s in sets]
@@ -170,17 +175,17 @@ def compare(title: str, evaluators: dict, names: list[str], workloads: dict, rou
                 clock.run(f"{label}|zsclip evaluate_many", evaluators["zsclip"].evaluate_many, batch_names[bl],
                           sum(len(b) for b in batch_names[bl]))
         if naive is not None:
-            weights = FitnessWeights(r=beta)
+            weights = FitnessWeights(**FITNESSES[fit])
             clock.run("naive|naive", lambda s, w=weights: naive(s, w), naive_sets)
             naive_rate = clock.rates("naive|naive")
-            lines.append(f"{title}, beta={beta:g}: naive (text tower per candidate): {naive_rate[0]:,.2f} evals/s "
+            lines.append(f"{title}, {fit}: naive (text tower per candidate): {naive_rate[0]:,.2f} evals/s "
                          f"wall, {naive_rate[1]:,.2f} per CPU-s")
         for name in clock.spent:
             if name.startswith("naive"):
                 continue
             wall, cpu = clock.rates(name)
             label, method = name.split("|")
-            line = f"{title}, beta={beta:g}, {label}: {method}: {wall:,.1f} evals/s wall, {cpu:,.1f} per CPU-s"
+            line = f"{title}, {fit}, {label}: {method}: {wall:,.1f} evals/s wall, {cpu:,.1f} per CPU-s"
             base = f"{label}|previous evaluate"
             if base in clock.spent and not name.endswith("previous evaluate"):
                 line += f"; x{wall / clock.rates(base)[0]:.2f} the previous (wall)"

@@ -66,7 +66,10 @@ def check_direct(ev, x, y, blocks, sets, weights):
     for chosen, got in zip(sets, ev.evaluate_many(sets)):
         want = direct(x, y, unit(sum(blocks[t].astype(np.float64) for t in chosen)), 50.0, weights)
         assert [got.top1, got.top5] == list(want[:2]), chosen
-        assert got.ce == pytest.approx(want[2], rel=1e-5, abs=1e-6)
+        if weights.ce:
+            assert got.ce == pytest.approx(want[2], rel=1e-5, abs=1e-6)
+        else:  # a fitness without CE (hill-climbing's top-1) skips the log-sum-exp pass
+            assert math.isnan(got.ce)
         if weights.r:
             assert got.r == pytest.approx(want[3], rel=1e-5)
         else:
@@ -189,8 +192,10 @@ def test_stage2_edit_sequences_match_a_full_evaluation_of_the_edited_assignment(
     items[4] = items[3].copy()  # two classes with the same items: exact ties
     weights = FitnessWeights()
     ev = ClassPromptEvaluator(x, y, items, weights, 50.0)
+    top1_only = ClassPromptEvaluator(x, y, items, FitnessWeights.parse("blackbox"), 50.0)  # no log-sum-exp pass
     assignment = [[0, 1] for _ in range(c)]
     ev.set_base(assignment)
+    top1_only.set_base(assignment)
     for step in range(6):
         group = rng.choice(c, size=4, replace=False)
         edit = {int(k): sorted(rng.choice(5, size=int(rng.integers(1, 6)), replace=False).tolist()) for k in group}
@@ -199,8 +204,11 @@ def test_stage2_edit_sequences_match_a_full_evaluation_of_the_edited_assignment(
         got, want = ev.evaluate(edit), direct(x, y, w, 50.0, weights)
         assert [got.top1, got.top5] == list(want[:2])
         assert [got.ce, got.r, got.fitness] == pytest.approx(want[2:], rel=1e-5)
+        fast = top1_only.evaluate(edit)
+        assert [fast.top1, fast.top5, fast.fitness] == [want[0], want[1], want[0]] and math.isnan(fast.ce)
         if step % 2 == 0:
             ev.commit(edit)
+            top1_only.commit(edit)
             assignment = after
     fresh = ClassPromptEvaluator(x, y, items, weights, 50.0).set_base(assignment)
     again = ev.evaluate({})

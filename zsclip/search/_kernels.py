@@ -97,8 +97,14 @@ def _log_sum_exp(z, peak):
 
 
 @njit(fastmath=_FLAGS, cache=True, inline="always")
-def _row_stats(z, tv):
-    """(rank, log-sum-exp) of one row of scaled cosines ``z`` (float32) whose true class has the value ``tv``."""
+def _row_stats(z, tv, need_lse):
+    """(rank, log-sum-exp) of one row of scaled cosines ``z`` (float32) whose true class has the value ``tv``;
+    without ``need_lse`` the log-sum-exp is not computed (0)."""
+    if not need_lse:
+        count = np.int32(0)
+        for j in range(z.shape[0]):
+            count += np.int32(z[j] > tv)
+        return count, np.float32(0.0)
     top = np.int32(-2147483648)
     count = np.int32(0)
     for j in range(z.shape[0]):
@@ -109,9 +115,15 @@ def _row_stats(z, tv):
 
 
 @njit(fastmath=_FLAGS, cache=True, inline="always")
-def _scaled_stats(acc, f, label, z):
-    """(true value, rank, log-sum-exp) of the row ``float32(acc) · f``, written into ``z`` on the way."""
+def _scaled_stats(acc, f, label, z, need_lse):
+    """(true value, rank, log-sum-exp) of the row ``float32(acc) · f``, written into ``z`` on the way; without
+    ``need_lse`` (a fitness without CE: hill-climbing's top-1) one pass counts the rank and nothing is written."""
     tv = np.float32(acc[label]) * f[label]
+    if not need_lse:
+        count = np.int32(0)
+        for j in range(z.shape[0]):
+            count += np.int32(np.float32(acc[j]) * f[j] > tv)
+        return tv, count, np.float32(0.0)
     top = np.int32(-2147483648)
     count = np.int32(0)
     for j in range(z.shape[0]):
@@ -125,7 +137,7 @@ def _scaled_stats(acc, f, label, z):
 
 @njit(fastmath=_FLAGS, cache=True, inline="always")
 def _set_row(i, k, chunks, chunk_of, slot_of, sign, starts, base, keep_slot, wide, factors, label, acc, wacc, keep,
-             z):
+             z, need_lse):
     """(true value, rank, log-sum-exp) of candidate ``k`` on image row ``i``."""
     c = z.shape[0]
     lo, hi = starts[k], starts[k + 1]
@@ -137,7 +149,7 @@ def _set_row(i, k, chunks, chunk_of, slot_of, sign, starts, base, keep_slot, wid
             src = chunks[chunk_of[o]][slot_of[o], i]
             for j in range(c):
                 wacc[j] += src[j]
-        return _scaled_stats(wacc, factors[k], label, z)
+        return _scaled_stats(wacc, factors[k], label, z, need_lse)
     if base[k] >= 0:
         row = keep[keep_slot[base[k]]]
         for j in range(c):
@@ -159,12 +171,12 @@ def _set_row(i, k, chunks, chunk_of, slot_of, sign, starts, base, keep_slot, wid
         row = keep[keep_slot[k]]
         for j in range(c):
             row[j] = acc[j]
-    return _scaled_stats(acc, factors[k], label, z)
+    return _scaled_stats(acc, factors[k], label, z, need_lse)
 
 
 @njit(parallel=True, fastmath=_FLAGS, cache=True)
 def _sets_kernel(chunks, chunk_of, slot_of, sign, starts, base, keep_slot, n_keep, wide, factors, labels, rank, lse,
-                 true, parts):
+                 true, need_lse, parts):
     n = labels.shape[0]
     m, c = factors.shape
     for part in prange(parts):
@@ -175,11 +187,12 @@ def _sets_kernel(chunks, chunk_of, slot_of, sign, starts, base, keep_slot, n_kee
         for i in range(part * n // parts, (part + 1) * n // parts):
             for k in range(m):
                 true[k, i], rank[k, i], lse[k, i] = _set_row(i, k, chunks, chunk_of, slot_of, sign, starts, base,
-                                                             keep_slot, wide, factors, labels[i], acc, wacc, keep, z)
+                                                             keep_slot, wide, factors, labels[i], acc, wacc, keep, z,
+                                                             need_lse)
 
 
 @njit(parallel=True, fastmath=_FLAGS, cache=True)
-def _edit_kernel(base, group, columns, labels, rank, lse, true, parts):
+def _edit_kernel(base, group, columns, labels, rank, lse, true, need_lse, parts):
     n, c = base.shape
     for part in prange(parts):
         z = np.empty(c, np.float32)
@@ -190,7 +203,7 @@ def _edit_kernel(base, group, columns, labels, rank, lse, true, parts):
                 z[group[g]] = columns[i, g]
             tv = z[labels[i]]
             true[i] = tv
-            rank[i], lse[i] = _row_stats(z, tv)
+            rank[i], lse[i] = _row_stats(z, tv, need_lse)
 
 
 @njit(parallel=True, fastmath=_FLAGS, cache=True)
@@ -240,18 +253,19 @@ def _parts(cells: int) -> int:
 
 
 def sets_terms(chunks, chunk_of, slot_of, sign, starts, base, keep_slot, n_keep, wide, factors, labels, rank, lse,
-               true) -> None:
+               true, need_lse: bool = True) -> None:
     """Rows of a batch of candidates (see the module docstring); ``rank``, ``lse``, ``true`` are K × N.
 
     Candidate ``k`` is the sum of the template rows ``starts[k]:starts[k+1]`` of ``chunk_of``/``slot_of`` with
     signs ``sign``, from scratch when ``base[k] < 0`` (all signs +1) or else added to the integer row of the
     earlier candidate ``base[k]``, which keeps it in ``keep[keep_slot[base[k]]]``; ``wide[k]`` sums in int64
-    (from scratch). ``factors`` (K × C) turns the integer sums into scaled cosines.
+    (from scratch). ``factors`` (K × C) turns the integer sums into scaled cosines. Without ``need_lse`` the
+    log-sum-exps are left 0 (a fitness that does not weigh CE).
     """
     _sets_kernel(chunks, chunk_of, slot_of, sign, starts, base, keep_slot, n_keep, wide, factors, labels, rank, lse,
-                 true, _parts(labels.shape[0] * factors.shape[1] * factors.shape[0]))
+                 true, bool(need_lse), _parts(labels.shape[0] * factors.shape[1] * factors.shape[0]))
 
 
-def edit_terms(base, group, columns, labels, rank, lse, true) -> None:
+def edit_terms(base, group, columns, labels, rank, lse, true, need_lse: bool = True) -> None:
     """Rows of the committed scaled cosines ``base`` (N × C) with columns ``group`` replaced by ``columns``."""
-    _edit_kernel(base, group, columns, labels, rank, lse, true, _parts(base.size))
+    _edit_kernel(base, group, columns, labels, rank, lse, true, bool(need_lse), _parts(base.size))

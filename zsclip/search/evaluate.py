@@ -83,8 +83,9 @@ class FitnessWeights:
         return cls(**{n: values.get(n, 0.0) for n in ("top1", "top5", "r", "ce")})
 
     def combine(self, top1: float, top5: float, r: float, ce: float) -> float:
-        """The fitness of these terms (R does not count when its weight is 0)."""
-        return self.top1 * top1 + self.top5 * top5 + (self.r * r if self.r else 0.0) - self.ce * ce
+        """The fitness of these terms (R and CE do not count when their weight is 0: they are then not computed)."""
+        weighted_r = self.r * r if self.r else 0.0
+        return self.top1 * top1 + self.top5 * top5 + weighted_r - (self.ce * ce if self.ce else 0.0)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -92,7 +93,8 @@ class FitnessWeights:
 
 @dataclass(frozen=True)
 class Terms:
-    """One evaluation: top-1 and top-5 (percent), cross-entropy, R (NaN when not computed) and the fitness."""
+    """One evaluation: top-1 and top-5 (percent), cross-entropy and R (each NaN when its weight is 0: not
+    computed) and the fitness."""
 
     top1: float
     top5: float
@@ -175,7 +177,7 @@ class _Scorer:
         top5 = np.count_nonzero(rank < self.k5, axis=1) * 100.0 / n
         out = []
         for k in range(m):
-            ce = float((lse[k] - true[k]).mean())
+            ce = float((lse[k] - true[k]).mean()) if self.weights.ce else float("nan")
             out.append(Terms(float(top1[k]), float(top5[k]), ce, r[k],
                              self.weights.combine(float(top1[k]), float(top5[k]), r[k], ce)))
         return out
@@ -399,7 +401,7 @@ class TemplateSetEvaluator(_Scorer):
         chunk_of, slot_of, sign, starts, base, keep_slot, n_keep, wide = self._plan(sets)
         rank, lse, true = self._buffers(len(sets))
         sets_terms(self._cos, chunk_of, slot_of, sign, starts, base, keep_slot, n_keep, wide, factors, self.y,
-                   rank, lse, true)
+                   rank, lse, true, need_lse=bool(self.weights.ce))
         r = [self._redundancy(ids, f) if self.weights.r else float("nan") for ids, f in zip(sets, factors)]
         return self.terms(len(sets), r)
 
@@ -432,7 +434,7 @@ class ClassPromptEvaluator(_Scorer):
 
     def _edit_terms(self, group: np.ndarray, columns: np.ndarray, r: float) -> Terms:
         rank, lse, true = self._buffers(1)
-        edit_terms(self._s, group, columns, self.y, rank[0], lse[0], true[0])
+        edit_terms(self._s, group, columns, self.y, rank[0], lse[0], true[0], need_lse=bool(self.weights.ce))
         return self.terms(1, [r])[0]
 
     def _base_terms(self) -> Terms:
