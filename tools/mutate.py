@@ -29,15 +29,19 @@ ROOT = Path(__file__).resolve().parents[1]
 #: module name → (file to mutate, test files that exercise it)
 MODULES: dict[str, tuple[str, list[str]]] = {
     "scoring": ("zsclip/scoring.py", ["tests/test_prompts_scoring.py", "tests/test_dds.py", "tests/test_controls.py"]),
-    "heads": ("zsclip/heads.py", ["tests/test_heads_context.py"]),
-    "context": ("zsclip/context.py", ["tests/test_heads_context.py", "tests/test_dds.py"]),
-    "methods-base": ("zsclip/methods/base.py", ["tests/test_method_contract.py"]),
-    "methods-dds": ("zsclip/methods/dds.py", ["tests/test_dds.py"]),
-    "methods-prompts": ("zsclip/methods/[cdpw]*.py", ["tests/test_prompts_scoring.py", "tests/test_controls.py",
-                                                      "tests/test_method_contract.py"]),
-    "audit": ("zsclip/audit.py", ["tests/test_audit.py"]),
     "stores": ("zsclip/stores.py", ["tests/test_stores.py", "tests/test_store_integrity.py"]),
     "llm": ("zsclip/llm.py", ["tests/test_llm.py"]),
+    "methods-dds": ("zsclip/methods/dds.py", ["tests/test_dds.py"]),
+    "methods-base": ("zsclip/methods/base.py", ["tests/test_method_contract.py"]),
+    "methods-descriptions": ("zsclip/methods/descriptions.py", ["tests/test_prompts_scoring.py",
+                                                                "tests/test_method_contract.py"]),
+    "methods-waffle": ("zsclip/methods/waffle.py", ["tests/test_controls.py", "tests/test_method_contract.py"]),
+    "methods-pool": ("zsclip/methods/pool.py", ["tests/test_controls.py", "tests/test_method_contract.py"]),
+    "audit": ("zsclip/audit.py", ["tests/test_audit.py"]),
+    "context": ("zsclip/context.py", ["tests/test_heads_context.py", "tests/test_dds.py"]),
+    "heads": ("zsclip/heads.py", ["tests/test_heads_context.py"]),
+    "corpus-count": ("zsclip/corpus_count.py", ["tests/test_corpus.py"]),
+    "search-evaluate": ("zsclip/search/evaluate.py", ["tests/test_search.py"]),
 }
 
 
@@ -105,17 +109,34 @@ def _results(dest: Path) -> dict[str, str]:
     return status
 
 
+def _sync_tests(dest: Path) -> None:
+    """Copy the working tree's ``tests/`` over the scratch copy's, so a resumed run sees tests added since."""
+    shutil.copytree(ROOT / "tests", dest / "tests", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+
+
 def run_module(name: str, workdir: Path, sample: int | None, seed: int, children: int, report: Path,
                fresh: bool) -> None:
+    """Mutate one module, run the (sampled) mutants, print and append the score and the survivors.
+
+    Resuming (no ``fresh``) keeps the verdicts mutmut has and re-runs only the chosen mutants that are not yet
+    detected, against the working tree's current tests: the cheap way to check that new tests kill survivors.
+    """
     pattern, tests = MODULES[name]
     dest = workdir / name
-    if fresh or not (dest / "mutants").is_dir():  # else: resume, mutmut keeps the verdicts it has
+    if fresh or not (dest / "mutants").is_dir():
         _copy_repository(dest)
+    else:
+        _sync_tests(dest)
     _configure(dest, pattern, tests)
     names = _generate(dest)
     chosen = sorted(random.Random(seed).sample(names, sample)) if sample and sample < len(names) else names
-    print(f"== {name}: {len(names)} mutants, running {len(chosen)}; tests: {' '.join(tests)}", flush=True)
-    subprocess.run(["mutmut", "run", "--max-children", str(children), *chosen], cwd=dest)
+    known = _results(dest)
+    todo = [n for n in chosen if known.get(n) not in DETECTED]
+    print(f"== {name}: {len(names)} mutants, {len(chosen)} chosen, running {len(todo)} not yet detected; "
+          f"tests: {' '.join(tests)}", flush=True)
+    if todo:
+        subprocess.run(["mutmut", "run", "--max-children", str(children), *todo], cwd=dest)
     status = {k: v for k, v in _results(dest).items() if k in set(chosen)}
     killed = sum(v in DETECTED for v in status.values())
     timeouts = sum(v == "timeout" for v in status.values())
@@ -135,15 +156,16 @@ def main() -> None:
     parser.add_argument("modules", nargs="*", help=f"of: {', '.join(MODULES)} (default: all)")
     parser.add_argument("--sample", type=int, help="run a random sample of this many mutants per module")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
-    parser.add_argument("--children", type=int, default=2, help="mutants run at once")
+    parser.add_argument("--children", type=int, default=1, help="mutants run at once")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "zsclip-mutate")
     parser.add_argument("--report", type=Path, default=Path("mutation-report.txt"))
-    parser.add_argument("--fresh", action="store_true", help="start over (default: resume the module's last run)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over (default: resume: keep verdicts, rerun the undetected with the current tests)")
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
     args = parser.parse_args()
     if args.list:
         for name, (pattern, tests) in MODULES.items():
-            print(f"{name:16} {pattern:28} {' '.join(tests)}")
+            print(f"{name:21} {pattern:31} {' '.join(tests)}")
         return
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
