@@ -120,3 +120,85 @@ def test_context_hands_out_stores_by_role(tmp_path, tiny_encoder):
         ctx.store("test")
     with pytest.raises(ZsclipError, match="shots must be"):
         RunContext(ds, tiny_encoder, shots=0)
+
+
+@pytest.mark.parametrize("given", ["h", "h.json", "h.safetensors"])
+def test_head_files_are_named_from_the_stem_whichever_file_is_given(tmp_path, given):
+    """``save``/``load`` accept either file's path or the shared stem; the pair is always ``h.json`` +
+    ``h.safetensors`` (never ``h.json.json``), and the JSON says what the head is."""
+    head = _head(bias=True)
+    assert head.save(tmp_path / given) == tmp_path / "h.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "h.safetensors"]
+    import json
+
+    meta = json.loads((tmp_path / "h.json").read_text())
+    assert meta["format"] == 1 and meta["classnames"] == ["a", "b", "c"] and meta["shape"] == [3, 4]
+    assert meta["has_bias"] is True and meta["provenance"] == {"kind": "test", "seed": 0}
+    back = ClassHead.load(tmp_path / given)
+    np.testing.assert_array_equal(back.scores(np.eye(4)), head.scores(np.eye(4)))
+
+
+def test_a_head_without_bias_round_trips_without_one(tmp_path):
+    head = _head()
+    head.save(tmp_path / "h")
+    import json
+
+    assert json.loads((tmp_path / "h.json").read_text())["has_bias"] is False
+    back = ClassHead.load(tmp_path / "h")
+    assert back.bias is None
+    np.testing.assert_array_equal(back.weights, head.weights)
+
+
+def test_a_changed_bias_or_a_missing_tensor_file_is_reported(tmp_path):
+    """The checksum covers the bias: a tensor file whose weights match but whose bias was changed is refused,
+    and a missing tensor file is named."""
+    from safetensors.numpy import save_file
+
+    head = _head(bias=True)
+    head.save(tmp_path / "h")
+    save_file({"weights": head.weights, "bias": head.bias + 1}, str(tmp_path / "h.safetensors"))
+    with pytest.raises(ZsclipError, match="checksum"):
+        ClassHead.load(tmp_path / "h")
+    save_file({"weights": head.weights}, str(tmp_path / "h.safetensors"))  # the bias dropped
+    with pytest.raises(ZsclipError, match="checksum"):
+        ClassHead.load(tmp_path / "h")
+    (tmp_path / "h.safetensors").unlink()
+    with pytest.raises(ZsclipError, match=r"weights missing: .*h\.safetensors"):
+        ClassHead.load(tmp_path / "h.json")
+
+
+def test_heads_store_float32_and_check_the_bias_length():
+    head = ClassHead(np.ones((2, 3), dtype=np.float64), ["a", "b"], np.array([[1.0], [2.0]]))
+    assert head.weights.dtype == np.float32 and head.weights.flags.c_contiguous
+    assert head.bias.dtype == np.float32 and head.bias.shape == (2,)
+    assert head.classnames == ("a", "b") and head.dim == 3
+    np.testing.assert_array_equal(head.predict(np.array([[0.0, 0, 0]])), [1])
+    with pytest.raises(ZsclipError, match="bias needs 2 values"):
+        ClassHead(np.ones((2, 3)), ("a", "b"), np.ones(3))
+    with pytest.raises(ZsclipError, match="one row per class name"):
+        ClassHead(np.ones(3), ("a", "b", "c"))
+    with pytest.raises(ZsclipError, match="finite"):
+        ClassHead(np.array([[0.0, np.inf]]), ("a",))
+
+
+def test_wise_ft_alpha_bounds_are_inclusive_and_the_mix_is_a_head_of_the_same_classes():
+    zs, learned = _head(0), _head(1)
+    np.testing.assert_allclose(wise_ft(zs, learned, 1.0).weights, learned.weights)
+    np.testing.assert_allclose(wise_ft(zs, learned).weights, 0.5 * (zs.weights + learned.weights))
+    with pytest.raises(ZsclipError, match="alpha"):
+        wise_ft(zs, learned, -0.01)
+    with pytest.raises(ZsclipError, match="same classes"):
+        wise_ft(zs, ClassHead(np.zeros((3, 5)), ("a", "b", "c")))
+
+
+def test_linear_probe_records_its_strength_and_uses_it():
+    """``c`` is the inverse L2 strength the provenance records: a small ``c`` shrinks the weights."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 10)
+    x = rng.normal(size=(3, 6))[labels] * 2 + rng.normal(size=(30, 6))
+    strong = train_linear_probe(x, labels, ["a", "b", "c"])
+    weak = train_linear_probe(x, labels, ["a", "b", "c"], c=0.01)
+    assert strong.provenance == {"kind": "linear-probe", "C": 10.0, "train_images": 30}
+    assert weak.provenance["C"] == 0.01
+    assert np.abs(weak.weights).sum() < 0.5 * np.abs(strong.weights).sum()
+    assert strong.classnames == ("a", "b", "c") and strong.bias.shape == (3,)
