@@ -309,3 +309,20 @@ def test_explanation_edges_two_classes_four_texts_and_html():
     assert expl.summary() == "I saw a a because I saw: <a0> (1.000), <a1> (0.900), <a2> (0.800)"
     html = expl._repr_html_()
     assert html.count("<tr>") == len(expl.rows) + 1 and "&lt;a3&gt;" in html and "<a3>" not in html
+
+
+def test_scorer_checks_shapes_and_its_head_says_what_it_folds():
+    """The folded head carries the method and aggregation (a notebook user may save it as a head), and shape
+    mismatches are errors that give both shapes."""
+    rng = np.random.default_rng(3)
+    ps, text = _random_set(rng, [2, 3], dim=8, aggregation="mean")
+    scorer = Scorer(ps, text)
+    assert scorer.head.provenance == {"method": "test", "aggregation": "mean"}
+    assert scorer.head.classnames == ("c0", "c1") and scorer.num_classes == 2
+    assert Scorer(_random_set(rng, [2, 3], dim=8, aggregation="max")[0], text).head is None
+    with pytest.raises(ZsclipError, match="4 text embeddings for 5 texts"):
+        Scorer(ps, text[:4])
+    with pytest.raises(ZsclipError, match=r"shape \(2, 9\) do not match text embeddings of dimension 8"):
+        scorer.scores(np.zeros((2, 9), dtype=np.float32))
+    with pytest.raises(ZsclipError, match="3 score rows for 2 labels"):
+        evaluate(np.zeros((3, 4)), np.array([0, 1]), list("abcd"))
