@@ -366,3 +366,29 @@ def test_a_warm_read_only_cache_still_serves_and_a_cold_one_says_so(tmp_path, ti
         assert "not writable" in cold.output and "ZSCLIP_HOME" in " ".join(cold.output.split())
     first, second = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("first", "second"))
     assert first["metrics"] == second["metrics"]
+
+
+def test_a_read_only_store_is_served_only_as_it_is(built, cub, tiny_encoder):
+    """In a folder zsclip cannot write, an up-to-date store is served; a rebuild, another index or a changed
+    image cannot be done there, and the error says which and what to do."""
+    path = built.path
+    with _read_only(path):
+        assert len(ImageStore.build(cub, "test", tiny_encoder, path)) == len(built)
+        with pytest.raises(StorageError, match="has index 'Flat', not 'IVF2,Flat'.*ZSCLIP_HOME"):
+            ImageStore.build(cub, "test", tiny_encoder, path, index="IVF2,Flat")
+        with pytest.raises(StorageError, match="not writable"):
+            ImageStore.build(cub, "test", tiny_encoder, path, rebuild=True)
+    sample = cub.samples("test")[0]
+    os.utime(sample.path, ns=(1, 1))
+    with _read_only(path):
+        with pytest.raises(StorageError, match=r"out of date \(1 image file\(s\) changed"):
+            ImageStore.build(cub, "test", tiny_encoder, path)
+
+
+def test_search_checks_the_query_dimension_and_caps_k_at_the_store_size(built):
+    with pytest.raises(ZsclipError, match=f"query vectors have dimension 5, the store {built.dim}"):
+        built.search(np.zeros(5, dtype=np.float32))
+    q = np.asarray(built.embeddings[:2], dtype=np.float32)
+    scores, rows = built.search(q, k=1000)
+    assert rows.shape == (2, len(built)) and sorted(rows[0].tolist()) == list(range(len(built)))
+    np.testing.assert_allclose(scores[:, 0], (q * q).sum(axis=1), rtol=1e-3)  # each finds itself (or a twin)
