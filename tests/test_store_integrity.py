@@ -220,8 +220,9 @@ def test_another_index_is_rebuilt_from_the_stored_embeddings(cub, tiny_encoder, 
 
 
 def test_an_index_too_big_for_the_store_is_a_clear_error(cub, tiny_encoder, tmp_path):
-    with pytest.raises(ZsclipError, match="IVF64,Flat.*cannot be built on this store's 7 vectors.*Flat"):
+    with pytest.raises(ZsclipError, match="IVF64,Flat.*cannot be built on this store's 7 vectors.*Flat") as err:
         ImageStore.build(cub, "test", tiny_encoder, tmp_path / "s", index="IVF64,Flat")
+    assert "nx >= " in str(err.value)  # FAISS's own reason (its last line) is passed on
     assert not (tmp_path / "s" / "manifest.json").exists()
     assert ImageStore.build(cub, "test", tiny_encoder, tmp_path / "s").build_stats.images_encoded == 0  # reused
 
@@ -240,13 +241,15 @@ def test_a_foreign_folder_is_refused_and_left_untouched(cub, tiny_encoder, tmp_p
     assert (mine / "index.faiss").read_text() == "mine too"
 
 
-def test_only_own_files_are_deleted_from_the_build_folder(cub, tiny_encoder, tmp_path, monkeypatch):
+def test_only_own_files_are_deleted_from_the_build_folder(cub, tiny_encoder, tmp_path, monkeypatch, caplog):
     with crash_at_shard(2), pytest.raises(KeyboardInterrupt):
         ImageStore.build(cub, "test", tiny_encoder, tmp_path / "s", shard_size=4)
     (tmp_path / "s" / "build" / "my-notes.txt").write_text("not zsclip's")
-    store = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "s", shard_size=4)
+    with caplog.at_level("WARNING", logger="zsclip.stores"):
+        store = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "s", shard_size=4)
     assert len(store) == 7
     assert [p.name for p in (tmp_path / "s" / "build").iterdir()] == ["my-notes.txt"]
+    assert f"left {tmp_path / 's' / 'build'} in place: it holds files zsclip did not write" in caplog.text
 
 
 def test_an_empty_folder_is_fine(cub, tiny_encoder, tmp_path):
