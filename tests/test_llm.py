@@ -110,6 +110,10 @@ def test_rate_limit_waits_for_retry_after(server):
     assert llm.complete("hi").text == "echo: hi"
     assert len(server.requests) == 2
     assert (llm.accounting.calls, llm.accounting.retries, llm.accounting.waited_s) == (1, 1, 1.0)
+    # the run record's accounting: every counter under its documented name
+    assert llm.accounting.as_dict() == {"calls": 1, "cached": 0, "prompt_tokens": 1, "completion_tokens": 2,
+                                        "cost_usd": pytest.approx(0.003), "retries": 1, "waited_s": 1.0,
+                                        "reasks": 0, "failures": 0, "unpriced_models": []}
 
 
 def test_server_error_then_success(server):
