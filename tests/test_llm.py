@@ -20,6 +20,7 @@ from zsclip.llm import (
     LLMClient,
     LLMError,
     Price,
+    ReplyTooLarge,
     RetryPolicy,
     price_for,
     request_key,
@@ -520,3 +521,38 @@ def test_timeout_and_retry_count_are_options(server):
     finally:
         release.set()
     assert len(server.requests) == 2
+
+
+def test_a_too_large_reply_error_names_the_server_and_the_model(server):
+    server.responder = lambda body: "word " * 2000
+    llm = make_client(server.url, max_reply_bytes=4000)
+    with pytest.raises(ReplyTooLarge) as info:
+        llm.complete("big")
+    assert (info.value.server, info.value.model) == (llm.server, MODEL)
+
+
+def test_a_connect_timeout_to_a_server_never_reached_is_not_retried(server, monkeypatch):
+    """A server that could not even be connected to (a connect timeout, not a slow reply) is reported at once as
+    unreachable; the same timeout once the server has answered is retried."""
+    import httpx
+    import openai
+
+    llm = make_client(server.url, timeout=2.0)
+    attempts = []
+
+    def connect_timeout(**kwargs):
+        attempts.append(kwargs)
+        request = httpx.Request("POST", server.url)
+        raise openai.APITimeoutError(request=request) from httpx.ConnectTimeout("timed out", request=request)
+
+    real_create = llm._client.chat.completions.create
+    monkeypatch.setattr(llm._client.chat.completions, "create", connect_timeout)
+    with pytest.raises(LLMError, match="not reachable: connection error \\(no connection within 2 s\\)"):
+        llm.complete("hi")
+    assert len(attempts) == 1 and llm.accounting.retries == 0
+    monkeypatch.setattr(llm._client.chat.completions, "create", real_create)
+    assert llm.complete("hello").text == "echo: hello"  # the server answered once: now a timeout is retried
+    monkeypatch.setattr(llm._client.chat.completions, "create", connect_timeout)
+    with pytest.raises(LLMError, match="failed 4 times; last: no reply within the 2 s timeout"):
+        llm.complete("again")
+    assert len(attempts) == 5 and llm.accounting.retries == 3
