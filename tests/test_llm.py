@@ -416,6 +416,8 @@ def test_a_server_that_answered_before_is_retried_and_each_retry_is_one_warning(
     retries = [r for r in caplog.records if "retry" in r.getMessage()]
     assert llm.accounting.retries == 3 and len(retries) == 3
     assert all(r.levelno == logging.WARNING and "\n" not in r.getMessage() for r in retries)
+    assert [r.getMessage().split("; ")[-1].split(" in ")[0] for r in retries] == [
+        "retry 1 of 3", "retry 2 of 3", "retry 3 of 3"]
 
 
 @pytest.mark.parametrize("fault", [None, "no_length"])
