@@ -208,7 +208,7 @@ def test_failed_items_are_recorded_while_the_others_succeed(server):
     assert [r.value for r in results if r.ok] == [["a"], ["b"], ["c"]]
     assert "did not parse" in results[1].error and results[1].text == "I cannot list features."
     assert results[1].attempts == 3 and results[1].value is None
-    assert "HTTP 400" in results[3].error
+    assert "HTTP 400" in results[3].error and results[3].attempts == 1 and results[3].value is None
     asked = Counter(r["messages"][-1]["content"] for r in server.requests)
     assert asked["stubborn"] == 3 and asked["refused"] == 1
     assert llm.accounting.failures == 2 and "2 failed" in llm.accounting.summary()
@@ -499,10 +499,12 @@ def test_progress_shows_requests_in_flight_and_waiting(server, monkeypatch):
     import zsclip.llm as llm_module
 
     statuses: list[str] = []
+    advanced: list[int] = []
 
     @contextlib.contextmanager
     def recording_bar(description: str, total: int):
         def advance(n: int, status: str | None = None) -> None:
+            advanced.append(n)
             if status:
                 statuses.append(status)
         yield advance
@@ -510,7 +512,11 @@ def test_progress_shows_requests_in_flight_and_waiting(server, monkeypatch):
     monkeypatch.setattr(llm_module, "progress_bar", recording_bar)
     make_client(server.url, concurrency=2).complete_many([f"p{i}" for i in range(5)])
     assert any("in flight" in s and "waiting" in s for s in statuses)
-    assert statuses[-1].startswith("0 in flight")
+    assert statuses[-1] == "0 in flight, 0 waiting" and sum(advanced) == 5  # the bar reaches its total
+    statuses.clear()
+    with pytest.raises(BudgetExceeded):  # a stopped job has nothing waiting: the rest will not be sent
+        make_client(server.url, concurrency=1, max_calls=2).complete_many([f"q{i}" for i in range(6)])
+    assert statuses[-1] == "0 in flight, 0 waiting"
 
 
 def test_timeout_and_retry_count_are_options(server):
