@@ -207,6 +207,7 @@ def test_failed_items_are_recorded_while_the_others_succeed(server):
     assert [r.ok for r in results] == [True, False, True, False, True]
     assert [r.value for r in results if r.ok] == [["a"], ["b"], ["c"]]
     assert "did not parse" in results[1].error and results[1].text == "I cannot list features."
+    assert "last problem: no '- ' lines; last reply: 'I cannot list features.'" in results[1].error
     assert results[1].attempts == 3 and results[1].value is None
     assert "HTTP 400" in results[3].error and results[3].attempts == 1 and results[3].value is None
     asked = Counter(r["messages"][-1]["content"] for r in server.requests)
@@ -564,3 +565,14 @@ def test_a_connect_timeout_to_a_server_never_reached_is_not_retried(server, monk
     with pytest.raises(LLMError, match="failed 4 times; last: no reply within the 2 s timeout"):
         llm.complete("again")
     assert len(attempts) == 5 and llm.accounting.retries == 3
+
+
+def test_malformed_messages_and_an_unpriced_budget_are_explained(server, caplog):
+    from zsclip.llm import as_messages
+
+    with pytest.raises(ZsclipError, match="LLM message 1 has no 'role' or 'content'.*give each message both"):
+        as_messages([{"role": "user", "content": "a"}, {"content": "b"}])
+    assert as_messages("hi") == [{"role": "user", "content": "hi"}]
+    with caplog.at_level(logging.WARNING, logger="zsclip.llm"):
+        make_client(server.url, prices={}, max_cost=0.5)
+    assert "no price for LLM model test-model: max_cost=0.5 cannot stop this job" in caplog.text
