@@ -576,3 +576,16 @@ def test_malformed_messages_and_an_unpriced_budget_are_explained(server, caplog)
     with caplog.at_level(logging.WARNING, logger="zsclip.llm"):
         make_client(server.url, prices={}, max_cost=0.5)
     assert "no price for LLM model test-model: max_cost=0.5 cannot stop this job" in caplog.text
+
+
+def test_each_cache_row_holds_its_request_as_provenance(server):
+    """A cached reply can be read back with everything its key was made of (and nothing about the server)."""
+    import json
+    import sqlite3
+
+    make_client(server.url).complete("q", sample=2, max_tokens=7)
+    with sqlite3.connect(cache_root() / "llm-cache.sqlite") as db:
+        model, request, text = db.execute("SELECT model, request, text FROM replies").fetchone()
+    assert (model, text) == (MODEL, "echo: q")
+    assert json.loads(request) == {"model": MODEL, "messages": [{"role": "user", "content": "q"}],
+                                   "params": {"max_tokens": 7, "temperature": 0.0}, "sample": 2}
