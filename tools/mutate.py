@@ -32,7 +32,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "stores": ("zsclip/stores.py", ["tests/test_stores.py", "tests/test_store_integrity.py"]),
     "llm": ("zsclip/llm.py", ["tests/test_llm.py"]),
     "methods-dds": ("zsclip/methods/dds.py", ["tests/test_dds.py"]),
-    "methods-base": ("zsclip/methods/base.py", ["tests/test_method_contract.py"]),
+    "methods-base": ("zsclip/methods/base.py", ["tests/test_method_params.py", "tests/test_method_contract.py"]),
     "methods-descriptions": ("zsclip/methods/descriptions.py", ["tests/test_prompts_scoring.py",
                                                                 "tests/test_method_contract.py"]),
     "methods-waffle": ("zsclip/methods/waffle.py", ["tests/test_controls.py", "tests/test_method_contract.py"]),
