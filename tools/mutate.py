@@ -110,9 +110,15 @@ def _results(dest: Path) -> dict[str, str]:
 
 
 def _sync_tests(dest: Path) -> None:
-    """Copy the working tree's ``tests/`` over the scratch copy's, so a resumed run sees tests added since."""
+    """Copy the working tree's ``tests/`` over the scratch copy's, so a resumed run sees the tests as they are.
+
+    mutmut maps each function to the tests that call it once, and on a resume only maps tests with new names:
+    an existing test that now calls a function would not be run against its mutants. The map is therefore
+    dropped and made again (one run of the module's test files).
+    """
     shutil.copytree(ROOT / "tests", dest / "tests", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
 
 
 def run_module(name: str, workdir: Path, sample: int | None, seed: int, children: int, report: Path,
