@@ -202,3 +202,49 @@ def test_linear_probe_records_its_strength_and_uses_it():
     assert weak.provenance["C"] == 0.01
     assert np.abs(weak.weights).sum() < 0.5 * np.abs(strong.weights).sum()
     assert strong.classnames == ("a", "b", "c") and strong.bias.shape == (3,)
+
+
+def test_context_without_an_encoder_or_a_split_says_what_is_missing(tmp_path):
+    ds = get_dataset("cub", make_cub_folder(tmp_path, n_classes=2, images_per_class=2))
+    ctx = RunContext(ds)
+    with pytest.raises(ZsclipError, match="has no encoder, so it cannot make image embeddings; pass encoder="):
+        ctx.store("fit")
+    with pytest.raises(ZsclipError, match="has no encoder, so it cannot make text embeddings"):
+        ctx.text_cache  # noqa: B018
+    ctx.roles.pop("choose")
+    with pytest.raises(ZsclipError, match=r"dataset 'cub' has no split for the 'choose' role; its splits are train"):
+        ctx.split_of("choose")
+    with pytest.raises(ZsclipError, match="unknown role 'test'; roles are fit, choose, eval"):
+        ctx.split_of("test")
+    assert ctx.describe() == {"roles": {"fit": "train", "eval": "test"}, "shots": None, "shot_seed": None}
+    assert RunContext(ds, shots=2, shot_seed=5).describe()["shot_seed"] == 5
+    with pytest.raises(SplitRoleError, match=r"the 'fit' role's split 'train' is the split this run evaluates on"):
+        RunContext(ds, eval_split="train").split_of("fit")
+
+
+def test_evaluating_restores_the_fitting_phase_even_after_an_error(tmp_path, tiny_encoder):
+    ds = get_dataset("cub", make_cub_folder(tmp_path, n_classes=2, images_per_class=4))
+    ctx = RunContext(ds, tiny_encoder)
+    with pytest.raises(RuntimeError), ctx.evaluating() as same:
+        assert same is ctx and ctx.phase == "eval"
+        raise RuntimeError("boom")
+    assert ctx.phase == "fit"
+    with pytest.raises(SplitRoleError):
+        ctx.features("eval")
+
+
+def test_features_draw_shots_per_call_and_count_what_was_encoded(tmp_path, tiny_encoder):
+    ds = get_dataset("cub", make_cub_folder(tmp_path, n_classes=3, images_per_class=8))
+    ctx = RunContext(ds, tiny_encoder, store_options={"dtype": "float32"})
+    full = ctx.features("fit")
+    assert full.embeddings.dtype == np.float32 and full.rows.tolist() == list(range(len(full.labels)))
+    two = ctx.features("fit", shots=2, seed=3)
+    assert np.bincount(two.labels).tolist() == [2, 2, 2]
+    assert two.rows.tolist() == few_shot_rows(full.labels, 2, 3).tolist()
+    np.testing.assert_array_equal(two.embeddings, full.embeddings[two.rows])
+    assert ctx.features("fit", shots=2, seed=3).rows.tolist() == two.rows.tolist()
+    assert ctx.store("fit").manifest["dtype"] == "float32"  # the store options reach the build
+    assert ctx.encoded == {"train": len(full.labels)} and ctx.skipped == {"train": 0}
+    again = RunContext(ds, tiny_encoder, store_options={"dtype": "float32"})
+    again.features("fit")
+    assert again.encoded == {"train": 0}  # the store was reused: nothing encoded this run
