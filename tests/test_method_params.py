@@ -161,6 +161,28 @@ def test_describe_method_is_what_methods_show_prints():
     assert k == {"name": "k", "default": 3, "constraint": "an int ≥ 1",
                  "doc": method_class("dds").parameters["k"].doc}
     assert [p["name"] for p in dds["parameters"]] == method_class("dds").param_names()
+    # the first paragraph of the method's module docstring, on one line
+    assert dds["module_doc"].startswith("Discriminative description selection, DDS (Ma, Rietdorf")
+    assert dds["module_doc"].endswith("METHODS.md §3).") and "Training-free" not in dds["module_doc"]
+
+
+def test_a_well_formed_method_of_either_kind_is_registered(monkeypatch):
+    import zsclip.methods.base as base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # registered for this test only
+
+    class Prompt(Method):
+        parameters = {"a": Param(int, "d")}
+
+        def __init__(self, a: int = 1) -> None:
+            self.a = a
+
+    class Fitted(Method):
+        kind = "fitted"
+
+    assert register_method("test-prompt")(Prompt) is Prompt and Prompt.name == "test-prompt"
+    assert register_method("test-fitted")(Fitted) is Fitted
+    assert method_class("test-prompt") is Prompt and make_method("test-prompt", a=4).a == 4
 
 
 def test_parameters_become_json_values():
