@@ -165,6 +165,8 @@ def test_a_changed_bias_or_a_missing_tensor_file_is_reported(tmp_path):
     (tmp_path / "h.safetensors").unlink()
     with pytest.raises(ZsclipError, match=r"weights missing: .*h\.safetensors"):
         ClassHead.load(tmp_path / "h.json")
+    with pytest.raises(ZsclipError, match=r"class head description not found: .*nothing\.json"):
+        ClassHead.load(tmp_path / "nothing")
 
 
 def test_heads_store_float32_and_check_the_bias_length():
