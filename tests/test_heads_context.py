@@ -100,6 +100,8 @@ def test_few_shot_rows_draw_per_class_with_a_seed():
     assert rows.tolist() == sorted(rows.tolist())
     assert few_shot_rows(labels, 3, seed=1).tolist() == rows.tolist()
     assert any(few_shot_rows(labels, 3, seed=s).tolist() != rows.tolist() for s in range(2, 8))
+    none = few_shot_rows(np.zeros(0, dtype=np.int64), 3, seed=1)
+    assert none.shape == (0,) and none.dtype == np.int64  # usable as an index of no rows
 
 
 def test_context_hands_out_stores_by_role(tmp_path, tiny_encoder):
