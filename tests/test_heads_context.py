@@ -252,3 +252,7 @@ def test_features_draw_shots_per_call_and_count_what_was_encoded(tmp_path, tiny_
     again = RunContext(ds, tiny_encoder, store_options={"dtype": "float32"})
     again.features("fit")
     assert again.encoded == {"train": 0}  # the store was reused: nothing encoded this run
+    at = RunContext(ds, tiny_encoder, eval_store_path=tmp_path / "my-test-store")
+    with at.evaluating():
+        assert at.store("eval").path == tmp_path / "my-test-store"  # --store names the eval split's store
+    assert (tmp_path / "my-test-store" / "manifest.json").is_file()

@@ -219,6 +219,7 @@ def test_class_without_descriptors_falls_back_to_its_name(tmp_path):
     ps = DescriptorPrompts(descriptors=descriptors).build(ds)
     assert ps.texts_of(1) == ["a photo of a Laysan Albatross."]
     assert ps.texts_of(2) == ["a photo of a Sooty Albatross."]
+    assert ps.labels[1:] == ("(class name)", "(class name)")  # what explanations show for the fallback
     assert not any(t.endswith("which has ") or t.endswith("which has") for t in ps.texts)
     assert ps.info["classes_without_descriptors"] == 2
 
