@@ -221,7 +221,9 @@ def test_class_without_descriptors_falls_back_to_its_name(tmp_path):
     assert ps.texts_of(2) == ["a photo of a Sooty Albatross."]
     assert ps.labels[1:] == ("(class name)", "(class name)")  # what explanations show for the fallback
     assert not any(t.endswith("which has ") or t.endswith("which has") for t in ps.texts)
-    assert ps.info["classes_without_descriptors"] == 2
+    assert ps.info == {"descriptor_source": "mapping", "classes_without_descriptors": 2, "phrasing": "corrected"}
+    quirk = DescriptorPrompts(descriptors="attributes", published_quirk=True, attribute_threshold=30).build(ds)
+    assert quirk.info["descriptor_source"] == "attributes(threshold=30)" and quirk.info["phrasing"] == "published-quirk"
 
 
 def test_classname_prompts_use_the_card_ensemble(tmp_path):
