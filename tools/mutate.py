@@ -40,7 +40,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "audit": ("zsclip/audit.py", ["tests/test_audit.py"]),
     "context": ("zsclip/context.py", ["tests/test_heads_context.py", "tests/test_dds.py"]),
     "heads": ("zsclip/heads.py", ["tests/test_heads_context.py"]),
-    "corpus-count": ("zsclip/corpus_count.py", ["tests/test_corpus.py"]),
+    "corpus-count": ("zsclip/corpus_count.py", ["tests/test_corpus.py", "tests/test_mutation_kills_corpus_count.py"]),
     # the evaluator's own tests: the rest of test_search.py runs whole searches (minutes per mutant)
     "search-evaluate": ("zsclip/search/evaluate.py", [
         "tests/test_search.py::test_template_set_fitness_equals_a_direct_numpy_computation",
