@@ -45,7 +45,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "search-evaluate": ("zsclip/search/evaluate.py", [
         "tests/test_search.py::test_template_set_fitness_equals_a_direct_numpy_computation",
         "tests/test_search.py::test_class_edits_recompute_only_edited_classes_and_match_a_full_evaluation",
-        "tests/test_search.py::test_fitness_option_parsing"]),
+        "tests/test_search.py::test_fitness_option_parsing", "tests/test_mutation_kills_search_evaluate.py"]),
 }
 
 
