@@ -110,3 +110,41 @@ def test_the_names_hash_changes_with_what_decides_the_counts():
               CountPlan.build(classes_from_mapping({"fox": ["vixen"]}), prefix="photo"),
               CountPlan.build(classes_from_mapping({"fox": [], "vixen": []}))]
     assert len({base.names_hash(), *(p.names_hash() for p in others)}) == 4
+
+
+def test_no_captions_or_no_countable_name_count_nothing():
+    classes = classes_from_mapping({"fox": ["vixen"]})
+    empty = count_captions([], classes)
+    assert empty.metrics()["0"]["alternates"] == {"fox": 0, "vixen": 0} and empty.rows == 0
+    nothing = count_captions(CAPTIONS, classes_from_mapping({"&": ["!!"]}))
+    assert nothing.metrics()["0"]["actual_freq"] == 0 and nothing.unmatched_classes() == ["&"]
+
+
+def _corpus(folder, shards):
+    """A clip-retrieval corpus folder: one metadata parquet and one image-embedding file per shard."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (folder / "metadata").mkdir(parents=True)
+    (folder / "img_emb").mkdir()
+    for k, texts in enumerate(shards):
+        pq.write_table(pa.table({"image_path": [f"{k}-{i}.jpg" for i in range(len(texts))], "caption": texts}),
+                       folder / "metadata" / f"metadata_{k}.parquet")
+        emb = np.ones((len(texts), 4), dtype=np.float16) / 2
+        np.save(folder / "img_emb" / f"img_emb_{k}.npy", emb)
+    return folder
+
+
+def test_a_repeated_corpus_count_reads_its_shards_from_the_cache_and_says_so(tmp_path, caplog):
+    from zsclip.corpus import Corpus
+    from zsclip.corpus_count import count_corpus
+
+    corpus = Corpus.open(_corpus(tmp_path / "corpus", [CAPTIONS[:4], CAPTIONS[4:]]))
+    classes = classes_from_mapping({"fox": ["vixen"], "wolf": []})
+    first = count_corpus(corpus, classes, workers=1, cache_dir=tmp_path / "cache")
+    with caplog.at_level("INFO", logger="zsclip.corpus_count"):
+        again = count_corpus(corpus, classes, workers=1, cache_dir=tmp_path / "cache")
+    assert (again.shards_cached, again.shards_counted) == (2, 0) and again.metrics() == first.metrics()
+    assert f"2 of 2 shards counted before (cache {tmp_path / 'cache'})" in caplog.text
+    assert first.metrics() == count_captions(CAPTIONS, classes).metrics()

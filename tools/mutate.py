@@ -49,8 +49,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
 }
 
 
-#: mutmut's verdicts that count as killed: a test failed, or the tests ran past mutmut's timeout (a hang)
-DETECTED = ("killed", "timeout")
+#: mutmut's verdicts that count as killed: a test failed, the tests ran past mutmut's timeout (a hang), or the
+#: test process crashed (a segfault: e.g. a float array handed to a compiled kernel that expects integers)
+DETECTED = ("killed", "timeout", "segfault")
 
 
 def _copy_repository(dest: Path) -> None:
