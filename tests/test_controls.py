@@ -132,3 +132,15 @@ def test_waffle_from_the_cli_reports_mean_and_std(cub, tiny_model, tmp_path):
     assert record["method"]["seeds"] == [0, 1, 2] and record["method"]["params"]["count"] == 4
     assert record["counts"]["texts"] == 3 * 4 * 8
     assert "±" in res.output
+
+
+@pytest.mark.parametrize("names, shape", [
+    (["fox", "wolf", "owl"], (1, 3, 1, 5)),  # one word each; longest 4, divisible by 1 group: grows to 5
+    (["Great Grey Owl", "fox"], (2, 4, 2, 3)),  # 2 words on average, 1 space → 2 groups of 6 // 2
+    (["a b c d", "e"], (2, 1, 3, 1)),  # 2.5 words round to 2 and 1.5 spaces to 2 (half to even): 3 groups
+])
+def test_waffle_shapes_follow_the_class_names(names, shape):
+    from zsclip.methods.waffle import shape_of_names
+
+    got = shape_of_names(names)
+    assert (got["words_per_descriptor"], got["word_length"], got["char_groups"], got["group_size"]) == shape
