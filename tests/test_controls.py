@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from zsclip.cli import app
 from zsclip.datasets import get_dataset
+from zsclip.errors import ZsclipError
 from zsclip.methods import CuplPrompts, WafflePrompts
 from zsclip.methods.waffle import clip_word_list
 from zsclip.paths import resource_dir
@@ -81,6 +82,8 @@ def test_waffle_mixed_is_about_half_real(cub):
         assert n_real <= 20 and 30 - n_real <= 20  # at most all 20 drawn real ones, at most the 20 random
         shares.append(n_real / 30)
     assert 0.35 < float(np.mean(shares)) < 0.65
+    with pytest.raises(ZsclipError, match=r"waffle with mixed=true needs count ≥ 2 .*; got count=1"):
+        WafflePrompts(count=1, mixed=True, descriptors="attributes").build(cub)
 
 
 def test_cupl_uses_sentences_as_written(cub, tmp_path):
