@@ -147,3 +147,27 @@ def test_waffle_shapes_follow_the_class_names(names, shape):
 
     got = shape_of_names(names)
     assert (got["words_per_descriptor"], got["word_length"], got["char_groups"], got["group_size"]) == shape
+
+
+def test_waffle_without_any_descriptors_draws_letters_and_says_so(tmp_path):
+    from fixtures_data import make_folder_dataset
+
+    ds = get_dataset("folder", make_folder_dataset(tmp_path / "animals"))
+    ps = WafflePrompts(count=3, seed=1).build(ds)
+    assert ps.info["character_pool"] == "a-z (the dataset has no descriptors)"
+    assert ps.info["descriptor_source"] == "none"
+    chars = set("".join(ps.labels[1::2]).replace(", ", ""))
+    assert chars and chars <= set("abcdefghijklmnopqrstuvwxyz")
+
+
+def test_waffle_phrases_with_the_authors_raw_prefix_rule(cub):
+    """A random word starting with the letter a (not the article) reads "which is", as in the authors' code;
+    CbD's corrected rule would read "which has"."""
+    checked = 0
+    for seed in range(6):
+        ps = WafflePrompts(count=15, seed=seed).build(cub)
+        for label, text in zip(ps.labels, ps.texts):
+            if label.startswith("a") and label.split(" ")[0] not in ("a", "an"):
+                assert text.endswith(f", which is {label}."), text
+                checked += 1
+    assert checked > 0
