@@ -56,6 +56,7 @@ def test_ranking_quality():
     is_true = np.array([True, True, False, True, False])
     q = ranking_quality(disc, is_true)
     assert q["precision_at_num_true"] == pytest.approx(1.0) and q["auc_true_vs_rest"] == pytest.approx(1.0)
+    assert (q["num_true"], q["num_other"]) == (3, 2)
     q = ranking_quality(-disc, is_true)
     assert q["precision_at_num_true"] == pytest.approx(1 / 3) and q["auc_true_vs_rest"] == pytest.approx(0.0)
 
@@ -166,3 +167,32 @@ def test_the_reassigned_control_scores_reassigned_descriptions(folder, tiny_enco
     cf = record.results["classname_free"]["reassigned"]
     assert cf["weights"] == weights
     assert cf["top1"] == pytest.approx([np.mean(top1s), np.std(top1s)], abs=1e-6)
+
+
+def test_the_plot_draws_each_description_at_its_value_in_its_kinds_colour(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import matplotlib.colors as mcolors
+    from matplotlib.figure import Figure
+
+    from zsclip.audit import plot_discriminativeness
+
+    rows = [{"discriminativeness": v, "kind": k} for v, k in
+            [(0.5, "true"), (0.3, "wrong"), (0.2, "true"), (-0.1, "generic"), (-0.4, "other")]]
+    record = SimpleNamespace(results={"discriminativeness": rows, "splits": {"fit": "train"}},
+                             dataset={"name": "animals"})
+    figures = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), real_savefig(fig, *a, **k)))
+    plot_discriminativeness(record, tmp_path / "d.png")
+    assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = figures[0].axes[0]
+    drawn = {}
+    for points in ax.collections:
+        colour = mcolors.to_hex(points.get_facecolor()[0])
+        drawn[points.get_label()] = (colour, points.get_offsets().tolist())
+    assert drawn == {"true": (mcolors.to_hex("tab:green"), [[0, 0.5], [2, 0.2]]),
+                     "wrong": (mcolors.to_hex("tab:red"), [[1, 0.3]]),
+                     "generic": (mcolors.to_hex("tab:grey"), [[3, -0.1]]),
+                     "other": (mcolors.to_hex("tab:blue"), [[4, -0.4]])}  # an unknown kind: blue
+    assert "animals" in ax.get_title() and "train split" in ax.get_title()
