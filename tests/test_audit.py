@@ -82,6 +82,13 @@ def test_audit_record(folder, tiny_encoder):
         assert top1 == pytest.approx(100 * float((scores.argmax(1) == val.labels).mean()))
     best = max(cf["real"]["weight_grid_val_top1"].items(), key=lambda kv: (kv[1], -float(kv[0])))
     assert cf["real"]["weight"] == float(best[0])
+    with ctx.evaluating():  # the reported top-1s: that w on the test images, and w = 0
+        test = ctx.features("eval")
+    for w, key in ((cf["real"]["weight"], "top1"), (0.0, "descriptions_only_top1")):
+        scores = w * (test.embeddings @ names.T) + test.embeddings @ means.T
+        assert cf["real"][key] == pytest.approx(100 * float((scores.argmax(1) == test.labels).mean()))
+    assert res["class_name_only_top1"] == pytest.approx(
+        100 * float(((test.embeddings @ names.T).argmax(1) == test.labels).mean()))
     assert len(cf["reassigned"]["top1"]) == 2 and len(cf["reassigned"]["weights"]) == 3
     assert cf["real"]["oracle"]["label"].startswith("ORACLE: w chosen on the test split")
     assert res["with_class_name"]["waffle_count"] == 4  # ~ the 3 descriptions per class, in pairs
