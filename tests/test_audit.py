@@ -89,6 +89,19 @@ def test_audit_record(folder, tiny_encoder):
         assert cf["real"][key] == pytest.approx(100 * float((scores.argmax(1) == test.labels).mean()))
     assert res["class_name_only_top1"] == pytest.approx(
         100 * float(((test.embeddings @ names.T).argmax(1) == test.labels).mean()))
+    test_top1 = {w: 100 * float(((w * (test.embeddings @ names.T) + test.embeddings @ means.T).argmax(1)
+                                 == test.labels).mean()) for w in audit.weight_grid}
+    oracle_w = max(audit.weight_grid, key=lambda w: (test_top1[w], -w))
+    assert (cf["real"]["oracle"]["weight"], cf["real"]["oracle"]["top1"]) == (oracle_w, pytest.approx(
+        test_top1[oracle_w]))
+    # discriminativeness from S[d, c] = e(d) · mean of class c's fit images, and the own class's rank in S[d]
+    fit = ctx.features("fit")
+    fit_means = np.stack([fit.embeddings[fit.labels == c].mean(0) for c in range(len(ds.classnames))])
+    for r in res["discriminativeness"]:
+        c = ds.classnames.index(r["class"])
+        s_d = emb[r["descriptor"]] @ fit_means.T
+        assert r["discriminativeness"] == pytest.approx(s_d[c] - np.delete(s_d, c).mean(), abs=1e-5)
+        assert r["rank_of_own_class"] == 1 + int((s_d > s_d[c] + 1e-6).sum())
     assert len(cf["reassigned"]["top1"]) == 2 and len(cf["reassigned"]["weights"]) == 3
     assert cf["real"]["oracle"]["label"].startswith("ORACLE: w chosen on the test split")
     assert res["with_class_name"]["waffle_count"] == 4  # ~ the 3 descriptions per class, in pairs
