@@ -45,6 +45,13 @@ def test_descriptor_sources(tmp_path):
     assert resolve_descriptors(ds, None)[1] == "attributes(threshold=50)"  # CUB's card names no file
     with pytest.raises(ZsclipError, match=r"descriptors=.*nope\.json: no such file \(or use 'attributes'"):
         resolve_descriptors(ds, str(tmp_path / "nope.json"))
+    # a mismatch names where the descriptors came from: the mapping, or the file
+    partial = {ds.classnames[0]: ["wings"]}
+    with pytest.raises(ZsclipError, match=r"^descriptor mapping does not match the dataset's 2 classes"):
+        resolve_descriptors(ds, partial)
+    path.write_text(json.dumps(partial))
+    with pytest.raises(ZsclipError, match=f"^{path} does not match the dataset's 2 classes"):
+        resolve_descriptors(ds, str(path))
 
 
 def test_the_card_file_is_the_default_and_is_named_as_shipped():
