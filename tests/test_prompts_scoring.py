@@ -329,3 +329,28 @@ def test_scorer_checks_shapes_and_its_head_says_what_it_folds():
         scorer.scores(np.zeros((2, 9), dtype=np.float32))
     with pytest.raises(ZsclipError, match="3 score rows for 2 labels"):
         evaluate(np.zeros((3, 4)), np.array([0, 1]), list("abcd"))
+
+
+def test_top5_from_five_classes_and_topk_against_a_full_sort():
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=(50, 300)).astype(np.float32)  # wide enough that numpy partitions, not sorts
+    for k in (1, 2, 5, 300):
+        np.testing.assert_array_equal(topk_indices(scores, k), np.argsort(-scores, axis=1, kind="stable")[:, :k])
+    labels = rng.integers(0, 5, 40)
+    m = evaluate(rng.normal(size=(40, 5)), labels, list("abcde"))
+    assert m["top5"] == 100.0  # five classes: every label is in the top 5
+    assert "top5" not in evaluate(rng.normal(size=(40, 4)), labels % 4, list("abcd"))
+
+
+def test_explanation_keeps_the_prompt_order_of_texts_that_tie():
+    """A class with many texts of one cosine (e.g. the same text under several labels) lists them in prompt
+    order, not in whatever order an unstable sort leaves them."""
+    e = np.eye(4, dtype=np.float32)
+    labels = [f"d{j}" for j in range(40)]
+    per_class = [[(f"A {lab}", lab) for lab in labels], [("B", "b")]]
+    ps = PromptSet.from_lists(["A", "B"], per_class, "mean", "test")
+    text = np.stack([e[0] if j % 7 else (e[0] + e[1]) / np.sqrt(2) for j in range(40)] + [e[2]])
+    expl = explain(Scorer(ps, text), e[0], true_label=0)
+    rows = [r.label for r in expl.rows if r.classname == "A"]
+    tied = [lab for j, lab in enumerate(labels) if j % 7]
+    assert rows == tied + [lab for j, lab in enumerate(labels) if not j % 7]
