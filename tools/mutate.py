@@ -9,8 +9,10 @@ Each module runs in its own scratch copy of the repository (``--workdir``, defau
 system's temporary folder), with mutmut configured to mutate that module only and to run only the test files
 that exercise it, so a mutant costs seconds, not the whole suite. The survivors are printed (``mutmut show
 NAME`` in the module's scratch folder shows the diff) and a summary line per module is appended to ``--report``
-(default ``mutation-report.txt`` in the working folder). Not part of CI: see docs/testing.md for the last scores
-and the survivors judged equivalent.
+(default ``mutation-report.txt`` in the working folder). Run again without ``--fresh``, it keeps mutmut's
+verdicts and reruns only the mutants not yet detected against the working tree's current tests (the check that
+new tests kill the survivors); a changed test list or mutated module needs ``--fresh``. Not part of CI: see
+docs/testing.md for the last scores and the survivors judged equivalent.
 """
 
 from __future__ import annotations
