@@ -178,6 +178,17 @@ def test_bad_key_is_not_retried(server):
     assert info.value.status == 401 and len(server.requests) == 1
 
 
+@pytest.mark.parametrize("status, hint", [(403, "check the API key"), (404, "check the model name and the base URL"),
+                                          (400, None)])
+def test_a_refusal_says_what_to_check(server, status, hint):
+    server.fault("status", status=status)
+    with pytest.raises(LLMError, match=f"HTTP {status}") as info:
+        make_client(server.url).complete("hi")
+    assert info.value.status == status and len(server.requests) == 1  # not retried
+    others = {"check the API key", "check the model name and the base URL"} - {hint}
+    assert (hint is None or hint in str(info.value)) and not any(o in str(info.value) for o in others)
+
+
 def test_wrong_format_is_asked_again_and_both_replies_are_cached(server):
     seen = Counter[str]()
 
