@@ -86,6 +86,10 @@ def _configure(dest: Path, pattern: str, tests: list[str]) -> None:
              # a mutant's tests may take far longer than in the stats run on a shared, loaded machine: a hang is
              # a verdict only after a minute more than mutmut's estimate
              "timeout_constant = 60.0\n"
+             # mutmut's wall-clock deadline is (estimate + constant) · multiplier · 2: its default multiplier (15)
+             # lets a mutant that sleeps or waits forever (a retry delay, an event never set) hold the worker
+             # for half an hour; 2 gives such a hang about four minutes
+             "timeout_multiplier = 2.0\n"
              # workers forked from a process that ran torch code can deadlock (seen: mean_std mutants stuck on a
              # futex for minutes); a fork server that has run no test is fork-safe
              "process_isolation = \"forkserver\"\n"
