@@ -600,3 +600,19 @@ def test_each_cache_row_holds_its_request_as_provenance(server):
     assert (model, text) == (MODEL, "echo: q")
     assert json.loads(request) == {"model": MODEL, "messages": [{"role": "user", "content": "q"}],
                                    "params": {"max_tokens": 7, "temperature": 0.0}, "sample": 2}
+
+
+def test_the_cache_key_of_a_request_is_stable_across_versions():
+    """Replies cached by one zsclip version are found by the next: the key of a fixed request is pinned (a change
+    to how keys are made must bump the cache format on purpose, as every cached reply would be paid for again)."""
+    key = request_key(MODEL, [{"role": "user", "content": "q"}], {"temperature": 0.0}, 1)
+    assert key == "065c6f07791235b8bb20e809dcd9faa9016c78503199eb0e9339a2e31a090fb6"
+
+
+def test_each_unparseable_reply_is_logged_with_its_number(server, caplog):
+    server.responder = lambda body: "no bullets here"
+    caplog.set_level(logging.INFO, logger="zsclip.llm")
+    with pytest.raises(LLMError):
+        make_client(server.url).ask("features?", bullets, max_parse_attempts=2)
+    lines = [r.getMessage() for r in caplog.records if "did not parse" in r.getMessage()]
+    assert lines == ["LLM reply 1 of 2 did not parse (no '- ' lines)", "LLM reply 2 of 2 did not parse (no '- ' lines)"]
