@@ -56,6 +56,7 @@ def test_ranking_quality():
     is_true = np.array([True, True, False, True, False])
     q = ranking_quality(disc, is_true)
     assert q["precision_at_num_true"] == pytest.approx(1.0) and q["auc_true_vs_rest"] == pytest.approx(1.0)
+    assert (q["num_true"], q["num_other"]) == (3, 2)
     q = ranking_quality(-disc, is_true)
     assert q["precision_at_num_true"] == pytest.approx(1 / 3) and q["auc_true_vs_rest"] == pytest.approx(0.0)
 
@@ -81,6 +82,26 @@ def test_audit_record(folder, tiny_encoder):
         assert top1 == pytest.approx(100 * float((scores.argmax(1) == val.labels).mean()))
     best = max(cf["real"]["weight_grid_val_top1"].items(), key=lambda kv: (kv[1], -float(kv[0])))
     assert cf["real"]["weight"] == float(best[0])
+    with ctx.evaluating():  # the reported top-1s: that w on the test images, and w = 0
+        test = ctx.features("eval")
+    for w, key in ((cf["real"]["weight"], "top1"), (0.0, "descriptions_only_top1")):
+        scores = w * (test.embeddings @ names.T) + test.embeddings @ means.T
+        assert cf["real"][key] == pytest.approx(100 * float((scores.argmax(1) == test.labels).mean()))
+    assert res["class_name_only_top1"] == pytest.approx(
+        100 * float(((test.embeddings @ names.T).argmax(1) == test.labels).mean()))
+    test_top1 = {w: 100 * float(((w * (test.embeddings @ names.T) + test.embeddings @ means.T).argmax(1)
+                                 == test.labels).mean()) for w in audit.weight_grid}
+    oracle_w = max(audit.weight_grid, key=lambda w: (test_top1[w], -w))
+    assert (cf["real"]["oracle"]["weight"], cf["real"]["oracle"]["top1"]) == (oracle_w, pytest.approx(
+        test_top1[oracle_w]))
+    # discriminativeness from S[d, c] = e(d) · mean of class c's fit images, and the own class's rank in S[d]
+    fit = ctx.features("fit")
+    fit_means = np.stack([fit.embeddings[fit.labels == c].mean(0) for c in range(len(ds.classnames))])
+    for r in res["discriminativeness"]:
+        c = ds.classnames.index(r["class"])
+        s_d = emb[r["descriptor"]] @ fit_means.T
+        assert r["discriminativeness"] == pytest.approx(s_d[c] - np.delete(s_d, c).mean(), abs=1e-5)
+        assert r["rank_of_own_class"] == 1 + int((s_d > s_d[c] + 1e-6).sum())
     assert len(cf["reassigned"]["top1"]) == 2 and len(cf["reassigned"]["weights"]) == 3
     assert cf["real"]["oracle"]["label"].startswith("ORACLE: w chosen on the test split")
     assert res["with_class_name"]["waffle_count"] == 4  # ~ the 3 descriptions per class, in pairs
@@ -166,3 +187,32 @@ def test_the_reassigned_control_scores_reassigned_descriptions(folder, tiny_enco
     cf = record.results["classname_free"]["reassigned"]
     assert cf["weights"] == weights
     assert cf["top1"] == pytest.approx([np.mean(top1s), np.std(top1s)], abs=1e-6)
+
+
+def test_the_plot_draws_each_description_at_its_value_in_its_kinds_colour(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import matplotlib.colors as mcolors
+    from matplotlib.figure import Figure
+
+    from zsclip.audit import plot_discriminativeness
+
+    rows = [{"discriminativeness": v, "kind": k} for v, k in
+            [(0.5, "true"), (0.3, "wrong"), (0.2, "true"), (-0.1, "generic"), (-0.4, "other")]]
+    record = SimpleNamespace(results={"discriminativeness": rows, "splits": {"fit": "train"}},
+                             dataset={"name": "animals"})
+    figures = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), real_savefig(fig, *a, **k)))
+    plot_discriminativeness(record, tmp_path / "d.png")
+    assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = figures[0].axes[0]
+    drawn = {}
+    for points in ax.collections:
+        colour = mcolors.to_hex(points.get_facecolor()[0])
+        drawn[points.get_label()] = (colour, points.get_offsets().tolist())
+    assert drawn == {"true": (mcolors.to_hex("tab:green"), [[0, 0.5], [2, 0.2]]),
+                     "wrong": (mcolors.to_hex("tab:red"), [[1, 0.3]]),
+                     "generic": (mcolors.to_hex("tab:grey"), [[3, -0.1]]),
+                     "other": (mcolors.to_hex("tab:blue"), [[4, -0.4]])}  # an unknown kind: blue
+    assert "animals" in ax.get_title() and "train split" in ax.get_title()

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from zsclip.cli import app
 from zsclip.datasets import get_dataset
+from zsclip.errors import ZsclipError
 from zsclip.methods import CuplPrompts, WafflePrompts
 from zsclip.methods.waffle import clip_word_list
 from zsclip.paths import resource_dir
@@ -81,6 +82,8 @@ def test_waffle_mixed_is_about_half_real(cub):
         assert n_real <= 20 and 30 - n_real <= 20  # at most all 20 drawn real ones, at most the 20 random
         shares.append(n_real / 30)
     assert 0.35 < float(np.mean(shares)) < 0.65
+    with pytest.raises(ZsclipError, match=r"waffle with mixed=true needs count ≥ 2 .*; got count=1"):
+        WafflePrompts(count=1, mixed=True, descriptors="attributes").build(cub)
 
 
 def test_cupl_uses_sentences_as_written(cub, tmp_path):
@@ -132,3 +135,39 @@ def test_waffle_from_the_cli_reports_mean_and_std(cub, tiny_model, tmp_path):
     assert record["method"]["seeds"] == [0, 1, 2] and record["method"]["params"]["count"] == 4
     assert record["counts"]["texts"] == 3 * 4 * 8
     assert "±" in res.output
+
+
+@pytest.mark.parametrize("names, shape", [
+    (["fox", "wolf", "owl"], (1, 3, 1, 5)),  # one word each; longest 4, divisible by 1 group: grows to 5
+    (["Great Grey Owl", "fox"], (2, 4, 2, 3)),  # 2 words on average, 1 space → 2 groups of 6 // 2
+    (["a b c d", "e"], (2, 1, 3, 1)),  # 2.5 words round to 2 and 1.5 spaces to 2 (half to even): 3 groups
+])
+def test_waffle_shapes_follow_the_class_names(names, shape):
+    from zsclip.methods.waffle import shape_of_names
+
+    got = shape_of_names(names)
+    assert (got["words_per_descriptor"], got["word_length"], got["char_groups"], got["group_size"]) == shape
+
+
+def test_waffle_without_any_descriptors_draws_letters_and_says_so(tmp_path):
+    from fixtures_data import make_folder_dataset
+
+    ds = get_dataset("folder", make_folder_dataset(tmp_path / "animals"))
+    ps = WafflePrompts(count=3, seed=1).build(ds)
+    assert ps.info["character_pool"] == "a-z (the dataset has no descriptors)"
+    assert ps.info["descriptor_source"] == "none"
+    chars = set("".join(ps.labels[1::2]).replace(", ", ""))
+    assert chars and chars <= set("abcdefghijklmnopqrstuvwxyz")
+
+
+def test_waffle_phrases_with_the_authors_raw_prefix_rule(cub):
+    """A random word starting with the letter a (not the article) reads "which is", as in the authors' code;
+    CbD's corrected rule would read "which has"."""
+    checked = 0
+    for seed in range(6):
+        ps = WafflePrompts(count=15, seed=seed).build(cub)
+        for label, text in zip(ps.labels, ps.texts):
+            if label.startswith("a") and label.split(" ")[0] not in ("a", "an"):
+                assert text.endswith(f", which is {label}."), text
+                checked += 1
+    assert checked > 0

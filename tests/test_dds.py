@@ -291,3 +291,59 @@ def test_the_weight_tie_goes_to_the_smaller_w(cub_with_descriptions, tiny_encode
     monkeypatch.setattr(dds_mod, "evaluate", lambda *a, **k: {"top1": 42.0})  # every w ties on validation
     dds = DDS(descriptors=desc, weight_grid=(4.0, 2.0, 0.25, 1.0)).fit(RunContext(ds, tiny_encoder))
     assert dds.fit_info_["weight_used"] == 0.25 and dds.classifier_.weight == 0.25
+
+
+def _check_explanation(clf, v, true_label, text_of, emb_of):
+    """The explanation of one image against the classifier's own scores and selections."""
+    scores = clf.scores(v[None])[0]
+    hoods, chosen, _ = clf.selections(v[None])
+    expl = clf.explain(v, true_label)
+    ranked = sorted(hoods[0], key=lambda c: -scores[c])  # the neighbourhood by DDS score, best first
+    assert expl.predicted == clf.classnames[ranked[0]] == clf.classnames[scores.argmax()]
+    runner = next((c for c in ranked[1:] if c != true_label), ranked[0])
+    assert expl.runner_up == clf.classnames[runner]
+    assert expl.true == (clf.classnames[true_label] if true_label is not None else None)
+    groups = list(dict.fromkeys((r.role, r.classname) for r in expl.rows))
+    roles = {ranked[0]: "predicted", runner: "runner-up"}
+    if true_label is not None and true_label != ranked[0]:
+        roles[true_label] = "true"
+    assert groups == [(roles.get(c, "candidate"), clf.classnames[c]) for c in ranked]
+    for c in ranked:
+        a = list(hoods[0]).index(c)
+        picked = [int(d) for d in chosen[0, a] if d >= 0]
+        rows = [r for r in expl.rows if r.classname == clf.classnames[c]]
+        assert all(r.class_score == pytest.approx(scores[c] - 10.0, abs=1e-5) for r in rows)
+        sims = {clf.pool.texts[d]: float(emb_of(c, d) @ v) for d in picked}
+        assert sorted(r.label for r in rows) == sorted(sims)  # the selected descriptions, as written
+        assert [r.label for r in rows] == sorted(sims, key=lambda t: -sims[t])  # most similar first
+        assert all(r.similarity == pytest.approx(sims[r.label], abs=1e-6) for r in rows)
+        assert all(r.text == text_of(c, clf.pool.texts.index(r.label)) for r in rows)
+    return expl
+
+
+def test_explain_lists_each_candidate_with_its_selected_descriptions_classname_free():
+    rng = np.random.default_rng(5)
+    clf, images = _classifier(rng, weight=0.5)
+    seen_true = False
+    for i, v in enumerate(images[:8]):
+        hoods = clf.selections(v[None])[0][0]
+        true_label = int(hoods[i % 3]) if i % 2 else None
+        expl = _check_explanation(clf, v, true_label, lambda c, d: clf.pool.texts[d], lambda c, d: clf.pool_emb[d])
+        seen_true |= any(r.role == "true" for r in expl.rows)
+    assert seen_true
+
+
+def test_explain_in_the_classname_form_shows_the_texts_with_the_class_name():
+    rng = np.random.default_rng(6)
+    classes, dim = 4, 6
+    pool = DescriptionPool.from_lists([[f"c{c} d{j}" for j in range(3)] for c in range(classes)])
+    cache = _FakeCache(dim)
+    S = np.full((len(pool), classes), -1.0)
+    for c, ids in enumerate(pool.own):
+        S[list(ids), c] = 1.0
+    clf = DDSClassifier(classnames=[f"c{c}" for c in range(classes)], pool=pool, S=S,
+                        name_emb=cache.encode([f"name {c}" for c in range(classes)]), pool_emb=None, k=3, m=2,
+                        form="classname", aggregation="max", weight=1.0, template="{}", cache=cache)
+    v = rng.normal(size=dim).astype(np.float32)
+    true_label = int(clf.selections(v[None])[0][0, 2])
+    _check_explanation(clf, v, true_label, clf.pair_text, lambda c, d: cache.encode([clf.pair_text(c, d)])[0])

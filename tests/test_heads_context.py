@@ -100,6 +100,8 @@ def test_few_shot_rows_draw_per_class_with_a_seed():
     assert rows.tolist() == sorted(rows.tolist())
     assert few_shot_rows(labels, 3, seed=1).tolist() == rows.tolist()
     assert any(few_shot_rows(labels, 3, seed=s).tolist() != rows.tolist() for s in range(2, 8))
+    none = few_shot_rows(np.zeros(0, dtype=np.int64), 3, seed=1)
+    assert none.shape == (0,) and none.dtype == np.int64  # usable as an index of no rows
 
 
 def test_context_hands_out_stores_by_role(tmp_path, tiny_encoder):
@@ -120,3 +122,137 @@ def test_context_hands_out_stores_by_role(tmp_path, tiny_encoder):
         ctx.store("test")
     with pytest.raises(ZsclipError, match="shots must be"):
         RunContext(ds, tiny_encoder, shots=0)
+
+
+@pytest.mark.parametrize("given", ["h", "h.json", "h.safetensors"])
+def test_head_files_are_named_from_the_stem_whichever_file_is_given(tmp_path, given):
+    """``save``/``load`` accept either file's path or the shared stem; the pair is always ``h.json`` +
+    ``h.safetensors`` (never ``h.json.json``), and the JSON says what the head is."""
+    head = _head(bias=True)
+    assert head.save(tmp_path / given) == tmp_path / "h.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "h.safetensors"]
+    import json
+
+    meta = json.loads((tmp_path / "h.json").read_text())
+    assert meta["format"] == 1 and meta["classnames"] == ["a", "b", "c"] and meta["shape"] == [3, 4]
+    assert meta["has_bias"] is True and meta["provenance"] == {"kind": "test", "seed": 0}
+    back = ClassHead.load(tmp_path / given)
+    np.testing.assert_array_equal(back.scores(np.eye(4)), head.scores(np.eye(4)))
+
+
+def test_a_head_without_bias_round_trips_without_one(tmp_path):
+    head = _head()
+    head.save(tmp_path / "h")
+    import json
+
+    assert json.loads((tmp_path / "h.json").read_text())["has_bias"] is False
+    back = ClassHead.load(tmp_path / "h")
+    assert back.bias is None
+    np.testing.assert_array_equal(back.weights, head.weights)
+
+
+def test_a_changed_bias_or_a_missing_tensor_file_is_reported(tmp_path):
+    """The checksum covers the bias: a tensor file whose weights match but whose bias was changed is refused,
+    and a missing tensor file is named."""
+    from safetensors.numpy import save_file
+
+    head = _head(bias=True)
+    head.save(tmp_path / "h")
+    save_file({"weights": head.weights, "bias": head.bias + 1}, str(tmp_path / "h.safetensors"))
+    with pytest.raises(ZsclipError, match="checksum"):
+        ClassHead.load(tmp_path / "h")
+    save_file({"weights": head.weights}, str(tmp_path / "h.safetensors"))  # the bias dropped
+    with pytest.raises(ZsclipError, match="checksum"):
+        ClassHead.load(tmp_path / "h")
+    (tmp_path / "h.safetensors").unlink()
+    with pytest.raises(ZsclipError, match=r"weights missing: .*h\.safetensors"):
+        ClassHead.load(tmp_path / "h.json")
+    with pytest.raises(ZsclipError, match=r"class head description not found: .*nothing\.json"):
+        ClassHead.load(tmp_path / "nothing")
+
+
+def test_heads_store_float32_and_check_the_bias_length():
+    head = ClassHead(np.ones((2, 3), dtype=np.float64), ["a", "b"], np.array([[1.0], [2.0]]))
+    assert head.weights.dtype == np.float32 and head.weights.flags.c_contiguous
+    assert head.bias.dtype == np.float32 and head.bias.shape == (2,)
+    assert head.classnames == ("a", "b") and head.dim == 3
+    np.testing.assert_array_equal(head.predict(np.array([[0.0, 0, 0]])), [1])
+    with pytest.raises(ZsclipError, match="bias needs 2 values"):
+        ClassHead(np.ones((2, 3)), ("a", "b"), np.ones(3))
+    with pytest.raises(ZsclipError, match="one row per class name"):
+        ClassHead(np.ones(3), ("a", "b", "c"))
+    with pytest.raises(ZsclipError, match="finite"):
+        ClassHead(np.array([[0.0, np.inf]]), ("a",))
+
+
+def test_wise_ft_alpha_bounds_are_inclusive_and_the_mix_is_a_head_of_the_same_classes():
+    zs, learned = _head(0), _head(1)
+    np.testing.assert_allclose(wise_ft(zs, learned, 1.0).weights, learned.weights)
+    np.testing.assert_allclose(wise_ft(zs, learned).weights, 0.5 * (zs.weights + learned.weights))
+    with pytest.raises(ZsclipError, match="alpha"):
+        wise_ft(zs, learned, -0.01)
+    with pytest.raises(ZsclipError, match="same classes"):
+        wise_ft(zs, ClassHead(np.zeros((3, 5)), ("a", "b", "c")))
+
+
+def test_linear_probe_records_its_strength_and_uses_it():
+    """``c`` is the inverse L2 strength the provenance records: a small ``c`` shrinks the weights."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 10)
+    x = rng.normal(size=(3, 6))[labels] * 2 + rng.normal(size=(30, 6))
+    strong = train_linear_probe(x, labels, ["a", "b", "c"])
+    weak = train_linear_probe(x, labels, ["a", "b", "c"], c=0.01)
+    assert strong.provenance == {"kind": "linear-probe", "C": 10.0, "train_images": 30}
+    assert weak.provenance["C"] == 0.01
+    assert np.abs(weak.weights).sum() < 0.5 * np.abs(strong.weights).sum()
+    assert strong.classnames == ("a", "b", "c") and strong.bias.shape == (3,)
+
+
+def test_context_without_an_encoder_or_a_split_says_what_is_missing(tmp_path):
+    ds = get_dataset("cub", make_cub_folder(tmp_path, n_classes=2, images_per_class=2))
+    ctx = RunContext(ds)
+    with pytest.raises(ZsclipError, match="has no encoder, so it cannot make image embeddings; pass encoder="):
+        ctx.store("fit")
+    with pytest.raises(ZsclipError, match="has no encoder, so it cannot make text embeddings"):
+        ctx.text_cache  # noqa: B018
+    ctx.roles.pop("choose")
+    with pytest.raises(ZsclipError, match=r"dataset 'cub' has no split for the 'choose' role; its splits are train"):
+        ctx.split_of("choose")
+    with pytest.raises(ZsclipError, match="unknown role 'test'; roles are fit, choose, eval"):
+        ctx.split_of("test")
+    assert ctx.describe() == {"roles": {"fit": "train", "eval": "test"}, "shots": None, "shot_seed": None}
+    assert RunContext(ds, shots=2, shot_seed=5).describe()["shot_seed"] == 5
+    with pytest.raises(SplitRoleError, match=r"the 'fit' role's split 'train' is the split this run evaluates on"):
+        RunContext(ds, eval_split="train").split_of("fit")
+
+
+def test_evaluating_restores_the_fitting_phase_even_after_an_error(tmp_path, tiny_encoder):
+    ds = get_dataset("cub", make_cub_folder(tmp_path, n_classes=2, images_per_class=4))
+    ctx = RunContext(ds, tiny_encoder)
+    with pytest.raises(RuntimeError), ctx.evaluating() as same:
+        assert same is ctx and ctx.phase == "eval"
+        raise RuntimeError("boom")
+    assert ctx.phase == "fit"
+    with pytest.raises(SplitRoleError):
+        ctx.features("eval")
+
+
+def test_features_draw_shots_per_call_and_count_what_was_encoded(tmp_path, tiny_encoder):
+    ds = get_dataset("cub", make_cub_folder(tmp_path, n_classes=3, images_per_class=8))
+    ctx = RunContext(ds, tiny_encoder, store_options={"dtype": "float32"})
+    full = ctx.features("fit")
+    assert full.embeddings.dtype == np.float32 and full.rows.tolist() == list(range(len(full.labels)))
+    two = ctx.features("fit", shots=2, seed=3)
+    assert np.bincount(two.labels).tolist() == [2, 2, 2]
+    assert two.rows.tolist() == few_shot_rows(full.labels, 2, 3).tolist()
+    np.testing.assert_array_equal(two.embeddings, full.embeddings[two.rows])
+    assert ctx.features("fit", shots=2, seed=3).rows.tolist() == two.rows.tolist()
+    assert ctx.store("fit").manifest["dtype"] == "float32"  # the store options reach the build
+    assert ctx.encoded == {"train": len(full.labels)} and ctx.skipped == {"train": 0}
+    again = RunContext(ds, tiny_encoder, store_options={"dtype": "float32"})
+    again.features("fit")
+    assert again.encoded == {"train": 0}  # the store was reused: nothing encoded this run
+    at = RunContext(ds, tiny_encoder, eval_store_path=tmp_path / "my-test-store")
+    with at.evaluating():
+        assert at.store("eval").path == tmp_path / "my-test-store"  # --store names the eval split's store
+    assert (tmp_path / "my-test-store" / "manifest.json").is_file()

@@ -20,6 +20,7 @@ from zsclip.llm import (
     LLMClient,
     LLMError,
     Price,
+    ReplyTooLarge,
     RetryPolicy,
     price_for,
     request_key,
@@ -110,6 +111,10 @@ def test_rate_limit_waits_for_retry_after(server):
     assert llm.complete("hi").text == "echo: hi"
     assert len(server.requests) == 2
     assert (llm.accounting.calls, llm.accounting.retries, llm.accounting.waited_s) == (1, 1, 1.0)
+    # the run record's accounting: every counter under its documented name
+    assert llm.accounting.as_dict() == {"calls": 1, "cached": 0, "prompt_tokens": 1, "completion_tokens": 2,
+                                        "cost_usd": pytest.approx(0.003), "retries": 1, "waited_s": 1.0,
+                                        "reasks": 0, "failures": 0, "unpriced_models": []}
 
 
 def test_server_error_then_success(server):
@@ -173,6 +178,17 @@ def test_bad_key_is_not_retried(server):
     assert info.value.status == 401 and len(server.requests) == 1
 
 
+@pytest.mark.parametrize("status, hint", [(403, "check the API key"), (404, "check the model name and the base URL"),
+                                          (400, None)])
+def test_a_refusal_says_what_to_check(server, status, hint):
+    server.fault("status", status=status)
+    with pytest.raises(LLMError, match=f"HTTP {status}") as info:
+        make_client(server.url).complete("hi")
+    assert info.value.status == status and len(server.requests) == 1  # not retried
+    others = {"check the API key", "check the model name and the base URL"} - {hint}
+    assert (hint is None or hint in str(info.value)) and not any(o in str(info.value) for o in others)
+
+
 def test_wrong_format_is_asked_again_and_both_replies_are_cached(server):
     seen = Counter[str]()
 
@@ -202,8 +218,9 @@ def test_failed_items_are_recorded_while_the_others_succeed(server):
     assert [r.ok for r in results] == [True, False, True, False, True]
     assert [r.value for r in results if r.ok] == [["a"], ["b"], ["c"]]
     assert "did not parse" in results[1].error and results[1].text == "I cannot list features."
+    assert "last problem: no '- ' lines; last reply: 'I cannot list features.'" in results[1].error
     assert results[1].attempts == 3 and results[1].value is None
-    assert "HTTP 400" in results[3].error
+    assert "HTTP 400" in results[3].error and results[3].attempts == 1 and results[3].value is None
     asked = Counter(r["messages"][-1]["content"] for r in server.requests)
     assert asked["stubborn"] == 3 and asked["refused"] == 1
     assert llm.accounting.failures == 2 and "2 failed" in llm.accounting.summary()
@@ -411,6 +428,8 @@ def test_a_server_that_answered_before_is_retried_and_each_retry_is_one_warning(
     retries = [r for r in caplog.records if "retry" in r.getMessage()]
     assert llm.accounting.retries == 3 and len(retries) == 3
     assert all(r.levelno == logging.WARNING and "\n" not in r.getMessage() for r in retries)
+    assert [r.getMessage().split("; ")[-1].split(" in ")[0] for r in retries] == [
+        "retry 1 of 3", "retry 2 of 3", "retry 3 of 3"]
 
 
 @pytest.mark.parametrize("fault", [None, "no_length"])
@@ -492,10 +511,12 @@ def test_progress_shows_requests_in_flight_and_waiting(server, monkeypatch):
     import zsclip.llm as llm_module
 
     statuses: list[str] = []
+    advanced: list[int] = []
 
     @contextlib.contextmanager
     def recording_bar(description: str, total: int):
         def advance(n: int, status: str | None = None) -> None:
+            advanced.append(n)
             if status:
                 statuses.append(status)
         yield advance
@@ -503,7 +524,11 @@ def test_progress_shows_requests_in_flight_and_waiting(server, monkeypatch):
     monkeypatch.setattr(llm_module, "progress_bar", recording_bar)
     make_client(server.url, concurrency=2).complete_many([f"p{i}" for i in range(5)])
     assert any("in flight" in s and "waiting" in s for s in statuses)
-    assert statuses[-1].startswith("0 in flight")
+    assert statuses[-1] == "0 in flight, 0 waiting" and sum(advanced) == 5  # the bar reaches its total
+    statuses.clear()
+    with pytest.raises(BudgetExceeded):  # a stopped job has nothing waiting: the rest will not be sent
+        make_client(server.url, concurrency=1, max_calls=2).complete_many([f"q{i}" for i in range(6)])
+    assert statuses[-1] == "0 in flight, 0 waiting"
 
 
 def test_timeout_and_retry_count_are_options(server):
@@ -516,3 +541,78 @@ def test_timeout_and_retry_count_are_options(server):
     finally:
         release.set()
     assert len(server.requests) == 2
+
+
+def test_a_too_large_reply_error_names_the_server_and_the_model(server):
+    server.responder = lambda body: "word " * 2000
+    llm = make_client(server.url, max_reply_bytes=4000)
+    with pytest.raises(ReplyTooLarge) as info:
+        llm.complete("big")
+    assert (info.value.server, info.value.model) == (llm.server, MODEL)
+
+
+def test_a_connect_timeout_to_a_server_never_reached_is_not_retried(server, monkeypatch):
+    """A server that could not even be connected to (a connect timeout, not a slow reply) is reported at once as
+    unreachable; the same timeout once the server has answered is retried."""
+    import httpx
+    import openai
+
+    llm = make_client(server.url, timeout=2.0)
+    attempts = []
+
+    def connect_timeout(**kwargs):
+        attempts.append(kwargs)
+        request = httpx.Request("POST", server.url)
+        raise openai.APITimeoutError(request=request) from httpx.ConnectTimeout("timed out", request=request)
+
+    real_create = llm._client.chat.completions.create
+    monkeypatch.setattr(llm._client.chat.completions, "create", connect_timeout)
+    with pytest.raises(LLMError, match="not reachable: connection error \\(no connection within 2 s\\)"):
+        llm.complete("hi")
+    assert len(attempts) == 1 and llm.accounting.retries == 0
+    monkeypatch.setattr(llm._client.chat.completions, "create", real_create)
+    assert llm.complete("hello").text == "echo: hello"  # the server answered once: now a timeout is retried
+    monkeypatch.setattr(llm._client.chat.completions, "create", connect_timeout)
+    with pytest.raises(LLMError, match="failed 4 times; last: no reply within the 2 s timeout"):
+        llm.complete("again")
+    assert len(attempts) == 5 and llm.accounting.retries == 3
+
+
+def test_malformed_messages_and_an_unpriced_budget_are_explained(server, caplog):
+    from zsclip.llm import as_messages
+
+    with pytest.raises(ZsclipError, match="LLM message 1 has no 'role' or 'content'.*give each message both"):
+        as_messages([{"role": "user", "content": "a"}, {"content": "b"}])
+    assert as_messages("hi") == [{"role": "user", "content": "hi"}]
+    with caplog.at_level(logging.WARNING, logger="zsclip.llm"):
+        make_client(server.url, prices={}, max_cost=0.5)
+    assert "no price for LLM model test-model: max_cost=0.5 cannot stop this job" in caplog.text
+
+
+def test_each_cache_row_holds_its_request_as_provenance(server):
+    """A cached reply can be read back with everything its key was made of (and nothing about the server)."""
+    import json
+    import sqlite3
+
+    make_client(server.url).complete("q", sample=2, max_tokens=7)
+    with sqlite3.connect(cache_root() / "llm-cache.sqlite") as db:
+        model, request, text = db.execute("SELECT model, request, text FROM replies").fetchone()
+    assert (model, text) == (MODEL, "echo: q")
+    assert json.loads(request) == {"model": MODEL, "messages": [{"role": "user", "content": "q"}],
+                                   "params": {"max_tokens": 7, "temperature": 0.0}, "sample": 2}
+
+
+def test_the_cache_key_of_a_request_is_stable_across_versions():
+    """Replies cached by one zsclip version are found by the next: the key of a fixed request is pinned (a change
+    to how keys are made must bump the cache format on purpose, as every cached reply would be paid for again)."""
+    key = request_key(MODEL, [{"role": "user", "content": "q"}], {"temperature": 0.0}, 1)
+    assert key == "065c6f07791235b8bb20e809dcd9faa9016c78503199eb0e9339a2e31a090fb6"
+
+
+def test_each_unparseable_reply_is_logged_with_its_number(server, caplog):
+    server.responder = lambda body: "no bullets here"
+    caplog.set_level(logging.INFO, logger="zsclip.llm")
+    with pytest.raises(LLMError):
+        make_client(server.url).ask("features?", bullets, max_parse_attempts=2)
+    lines = [r.getMessage() for r in caplog.records if "did not parse" in r.getMessage()]
+    assert lines == ["LLM reply 1 of 2 did not parse (no '- ' lines)", "LLM reply 2 of 2 did not parse (no '- ' lines)"]

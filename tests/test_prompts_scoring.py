@@ -219,8 +219,11 @@ def test_class_without_descriptors_falls_back_to_its_name(tmp_path):
     ps = DescriptorPrompts(descriptors=descriptors).build(ds)
     assert ps.texts_of(1) == ["a photo of a Laysan Albatross."]
     assert ps.texts_of(2) == ["a photo of a Sooty Albatross."]
+    assert ps.labels[1:] == ("(class name)", "(class name)")  # what explanations show for the fallback
     assert not any(t.endswith("which has ") or t.endswith("which has") for t in ps.texts)
-    assert ps.info["classes_without_descriptors"] == 2
+    assert ps.info == {"descriptor_source": "mapping", "classes_without_descriptors": 2, "phrasing": "corrected"}
+    quirk = DescriptorPrompts(descriptors="attributes", published_quirk=True, attribute_threshold=30).build(ds)
+    assert quirk.info["descriptor_source"] == "attributes(threshold=30)" and quirk.info["phrasing"] == "published-quirk"
 
 
 def test_classname_prompts_use_the_card_ensemble(tmp_path):
@@ -309,3 +312,45 @@ def test_explanation_edges_two_classes_four_texts_and_html():
     assert expl.summary() == "I saw a a because I saw: <a0> (1.000), <a1> (0.900), <a2> (0.800)"
     html = expl._repr_html_()
     assert html.count("<tr>") == len(expl.rows) + 1 and "&lt;a3&gt;" in html and "<a3>" not in html
+
+
+def test_scorer_checks_shapes_and_its_head_says_what_it_folds():
+    """The folded head carries the method and aggregation (a notebook user may save it as a head), and shape
+    mismatches are errors that give both shapes."""
+    rng = np.random.default_rng(3)
+    ps, text = _random_set(rng, [2, 3], dim=8, aggregation="mean")
+    scorer = Scorer(ps, text)
+    assert scorer.head.provenance == {"method": "test", "aggregation": "mean"}
+    assert scorer.head.classnames == ("c0", "c1") and scorer.num_classes == 2
+    assert Scorer(_random_set(rng, [2, 3], dim=8, aggregation="max")[0], text).head is None
+    with pytest.raises(ZsclipError, match="4 text embeddings for 5 texts"):
+        Scorer(ps, text[:4])
+    with pytest.raises(ZsclipError, match=r"shape \(2, 9\) do not match text embeddings of dimension 8"):
+        scorer.scores(np.zeros((2, 9), dtype=np.float32))
+    with pytest.raises(ZsclipError, match="3 score rows for 2 labels"):
+        evaluate(np.zeros((3, 4)), np.array([0, 1]), list("abcd"))
+
+
+def test_top5_from_five_classes_and_topk_against_a_full_sort():
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=(50, 300)).astype(np.float32)  # wide enough that numpy partitions, not sorts
+    for k in (1, 2, 5, 300):
+        np.testing.assert_array_equal(topk_indices(scores, k), np.argsort(-scores, axis=1, kind="stable")[:, :k])
+    labels = rng.integers(0, 5, 40)
+    m = evaluate(rng.normal(size=(40, 5)), labels, list("abcde"))
+    assert m["top5"] == 100.0  # five classes: every label is in the top 5
+    assert "top5" not in evaluate(rng.normal(size=(40, 4)), labels % 4, list("abcd"))
+
+
+def test_explanation_keeps_the_prompt_order_of_texts_that_tie():
+    """A class with many texts of one cosine (e.g. the same text under several labels) lists them in prompt
+    order, not in whatever order an unstable sort leaves them."""
+    e = np.eye(4, dtype=np.float32)
+    labels = [f"d{j}" for j in range(40)]
+    per_class = [[(f"A {lab}", lab) for lab in labels], [("B", "b")]]
+    ps = PromptSet.from_lists(["A", "B"], per_class, "mean", "test")
+    text = np.stack([e[0] if j % 7 else (e[0] + e[1]) / np.sqrt(2) for j in range(40)] + [e[2]])
+    expl = explain(Scorer(ps, text), e[0], true_label=0)
+    rows = [r.label for r in expl.rows if r.classname == "A"]
+    tied = [lab for j, lab in enumerate(labels) if j % 7]
+    assert rows == tied + [lab for j, lab in enumerate(labels) if not j % 7]

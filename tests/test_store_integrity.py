@@ -220,8 +220,9 @@ def test_another_index_is_rebuilt_from_the_stored_embeddings(cub, tiny_encoder, 
 
 
 def test_an_index_too_big_for_the_store_is_a_clear_error(cub, tiny_encoder, tmp_path):
-    with pytest.raises(ZsclipError, match="IVF64,Flat.*cannot be built on this store's 7 vectors.*Flat"):
+    with pytest.raises(ZsclipError, match="IVF64,Flat.*cannot be built on this store's 7 vectors.*Flat") as err:
         ImageStore.build(cub, "test", tiny_encoder, tmp_path / "s", index="IVF64,Flat")
+    assert "nx >= " in str(err.value)  # FAISS's own reason (its last line) is passed on
     assert not (tmp_path / "s" / "manifest.json").exists()
     assert ImageStore.build(cub, "test", tiny_encoder, tmp_path / "s").build_stats.images_encoded == 0  # reused
 
@@ -240,13 +241,15 @@ def test_a_foreign_folder_is_refused_and_left_untouched(cub, tiny_encoder, tmp_p
     assert (mine / "index.faiss").read_text() == "mine too"
 
 
-def test_only_own_files_are_deleted_from_the_build_folder(cub, tiny_encoder, tmp_path, monkeypatch):
+def test_only_own_files_are_deleted_from_the_build_folder(cub, tiny_encoder, tmp_path, monkeypatch, caplog):
     with crash_at_shard(2), pytest.raises(KeyboardInterrupt):
         ImageStore.build(cub, "test", tiny_encoder, tmp_path / "s", shard_size=4)
     (tmp_path / "s" / "build" / "my-notes.txt").write_text("not zsclip's")
-    store = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "s", shard_size=4)
+    with caplog.at_level("WARNING", logger="zsclip.stores"):
+        store = ImageStore.build(cub, "test", tiny_encoder, tmp_path / "s", shard_size=4)
     assert len(store) == 7
     assert [p.name for p in (tmp_path / "s" / "build").iterdir()] == ["my-notes.txt"]
+    assert f"left {tmp_path / 's' / 'build'} in place: it holds files zsclip did not write" in caplog.text
 
 
 def test_an_empty_folder_is_fine(cub, tiny_encoder, tmp_path):
@@ -366,3 +369,29 @@ def test_a_warm_read_only_cache_still_serves_and_a_cold_one_says_so(tmp_path, ti
         assert "not writable" in cold.output and "ZSCLIP_HOME" in " ".join(cold.output.split())
     first, second = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("first", "second"))
     assert first["metrics"] == second["metrics"]
+
+
+def test_a_read_only_store_is_served_only_as_it_is(built, cub, tiny_encoder):
+    """In a folder zsclip cannot write, an up-to-date store is served; a rebuild, another index or a changed
+    image cannot be done there, and the error says which and what to do."""
+    path = built.path
+    with _read_only(path):
+        assert len(ImageStore.build(cub, "test", tiny_encoder, path)) == len(built)
+        with pytest.raises(StorageError, match="has index 'Flat', not 'IVF2,Flat'.*ZSCLIP_HOME"):
+            ImageStore.build(cub, "test", tiny_encoder, path, index="IVF2,Flat")
+        with pytest.raises(StorageError, match="not writable"):
+            ImageStore.build(cub, "test", tiny_encoder, path, rebuild=True)
+    sample = cub.samples("test")[0]
+    os.utime(sample.path, ns=(1, 1))
+    with _read_only(path):
+        with pytest.raises(StorageError, match=r"out of date \(1 image file\(s\) changed"):
+            ImageStore.build(cub, "test", tiny_encoder, path)
+
+
+def test_search_checks_the_query_dimension_and_caps_k_at_the_store_size(built):
+    with pytest.raises(ZsclipError, match=f"query vectors have dimension 5, the store {built.dim}"):
+        built.search(np.zeros(5, dtype=np.float32))
+    q = np.asarray(built.embeddings[:2], dtype=np.float32)
+    scores, rows = built.search(q, k=1000)
+    assert rows.shape == (2, len(built)) and sorted(rows[0].tolist()) == list(range(len(built)))
+    np.testing.assert_allclose(scores[:, 0], (q * q).sum(axis=1), rtol=1e-3)  # each finds itself (or a twin)
