@@ -43,12 +43,14 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "audit": ("zsclip/audit.py", ["tests/test_audit.py"]),
     "context": ("zsclip/context.py", ["tests/test_heads_context.py", "tests/test_dds.py"]),
     "heads": ("zsclip/heads.py", ["tests/test_heads_context.py"]),
-    "corpus-count": ("zsclip/corpus_count.py", ["tests/test_corpus.py", "tests/test_mutation_kills_corpus_count.py"]),
+    "corpus-count": ("zsclip/corpus_count.py", ["tests/test_corpus.py", "tests/test_corpus_count.py",
+                                                "tests/test_mutation_kills_corpus_count.py"]),
     # the evaluator's own tests: the rest of test_search.py runs whole searches (minutes per mutant)
     "search-evaluate": ("zsclip/search/evaluate.py", [
         "tests/test_search.py::test_template_set_fitness_equals_a_direct_numpy_computation",
         "tests/test_search.py::test_class_edits_recompute_only_edited_classes_and_match_a_full_evaluation",
-        "tests/test_search.py::test_fitness_option_parsing", "tests/test_mutation_kills_search_evaluate.py"]),
+        "tests/test_search.py::test_fitness_option_parsing", "tests/test_search_evaluator.py",
+        "tests/test_mutation_kills_search_evaluate.py"]),
 }
 
 
