@@ -148,3 +148,46 @@ def test_a_repeated_corpus_count_reads_its_shards_from_the_cache_and_says_so(tmp
     assert (again.shards_cached, again.shards_counted) == (2, 0) and again.metrics() == first.metrics()
     assert f"2 of 2 shards counted before (cache {tmp_path / 'cache'})" in caplog.text
     assert first.metrics() == count_captions(CAPTIONS, classes).metrics()
+
+
+def test_matched_rows_with_prefix_words_are_the_captions_with_every_prefix_word_and_the_name(tmp_path):
+    import numpy as np
+
+    from zsclip.corpus import Corpus
+    from zsclip.corpus_count import match_rows
+
+    captions = ["a photo of a fox", "a fox", "photo: wolf", "wolf at night", "a photo of a red fox", "photo"]
+    corpus = Corpus.open(_corpus(tmp_path / "corpus", [captions[:3], captions[3:]]))
+    classes = classes_from_mapping({"fox": ["red fox"], "wolf": [], "owl": ["&"]})
+    found = match_rows(corpus, classes, prefix="photo")
+    assert {n: rows.tolist() for n, rows in found[0].items()} == {"fox": [0, 4], "red fox": [4]}
+    assert found[1]["wolf"].tolist() == [2]
+    # rows of every name, one that cannot match included, index the corpus's captions and embeddings
+    for per_class in found:
+        for rows in per_class.values():
+            assert rows.dtype.kind == "i"
+            np.asarray(captions)[rows]
+    assert found[2]["owl"].size == 0 and found[2]["&"].size == 0
+
+
+def test_counting_with_several_workers_gives_the_counts_of_one(tmp_path, monkeypatch):
+    """The worker path (shards handed out by index, each worker counting with the job's plan), run in-process
+    on threads so that what each worker counts is visible here; the real process pool is tested in
+    ``test_corpus.py`` (the CLI's ``--workers 2``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zsclip import corpus_count
+    from zsclip.corpus import Corpus
+
+    class InProcessPool(ThreadPoolExecutor):
+        def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()):
+            super().__init__(max_workers, initializer=initializer, initargs=initargs)
+
+    monkeypatch.setattr(corpus_count, "ProcessPoolExecutor", InProcessPool)
+    monkeypatch.setattr(corpus_count, "_WORKER_JOB", None)  # restored after the test
+    monkeypatch.setattr(corpus_count, "_PROGRESS_QUEUE", None)
+    corpus = Corpus.open(_corpus(tmp_path / "corpus", [CAPTIONS[:3], CAPTIONS[3:5], CAPTIONS[5:]]))
+    classes = classes_from_mapping({"fox": ["vixen", "red fox"], "wolf": []})
+    several = corpus_count.count_corpus(corpus, classes, prefix=None, workers=3, use_cache=False)
+    assert (several.shards_counted, several.rows) == (3, 7)
+    assert several.metrics() == count_captions(CAPTIONS, classes).metrics()

@@ -168,3 +168,15 @@ def test_template_blocks_fill_every_template_with_every_class_once():
     assert cache.asked == ["a x.", "a y.", "b x.", "b y."]
     assert list(blocks) == ["a {}.", "b {}."]
     np.testing.assert_array_equal(blocks["b {}."], [[2, 2], [3, 3]])
+
+
+def test_redundancy_of_more_classes_and_dimensions_than_one_block():
+    """Past ``R_BLOCK`` columns R is summed block by block (the off-diagonal blocks twice): still the full norm."""
+    from zsclip.search.evaluate import R_BLOCK
+
+    rng = np.random.default_rng(1)
+    for c, d in ((R_BLOCK + 70, R_BLOCK + 20), (R_BLOCK + 20, R_BLOCK + 70)):
+        t = unit(rng.standard_normal((c, d)))
+        t64 = t.astype(np.float64)
+        want = float(np.linalg.norm(np.triu(t64 @ t64.T - np.eye(c))))
+        assert redundancy(torch.from_numpy(t)) == pytest.approx(want, rel=1e-5)
